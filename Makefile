@@ -1,0 +1,29 @@
+# The README's two commands are `make demo` and `make test`: each sets up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# A small DS1 tier (4 nets per machine, the smoke recipe) with a progress bar, then its table.
+demo: $(STAMP)
+	$(BIN)/mlds generate smoke --out out/ds1-smoke.zarr --per-task 4
+	$(BIN)/mlds info out/ds1-smoke.zarr
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf out .pytest_cache

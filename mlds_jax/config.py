@@ -1,0 +1,241 @@
+"""Frozen configuration of a dataset (identity + recipe) and of one run; TOML in.
+
+A config file is TOML with top-level keys `name`, `seed`, `tasks` and the tables
+`[network]`, `[recipe]`, `[run]`. `extends = "ds1"` starts from another config. Overrides
+use dotted keys (`recipe.learning_rate=1e-3`). Unknown or mistyped keys raise `ConfigError`
+naming the key. The dataset part (everything but `[run]`) is recorded in the store and must
+match when a store is resumed or extended; `[run]` only says how this process works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+
+from mlds_jax.models import NetworkConfig
+from mlds_jax.tasks.machines import MACHINES
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How every net of the dataset is trained. Defaults: see configs/ds1.toml for the reasons."""
+
+    train_sequences: int = 2048  # fixed training set per task, shared by all its nets
+    train_length: int = 32  # steps per training sequence
+    val_sequences: int = 256  # fixed validation set per task
+    val_length: int = 64  # longer than training: a net that only fits short sequences fails
+    write_probability: float = 0.5  # share of steps on which the host writes a byte
+    batch_size: int = 32
+    learning_rate: float = 3e-3  # Adam
+    check_every: int = 5  # epochs between validation checks (also the compiled call's length)
+    threshold: float = 0.99  # validation bit accuracy that counts as learned
+    max_epochs: int = 1000  # epoch cap; also the length of the stored loss curve
+
+    def __post_init__(self):
+        for name in (
+            "train_sequences", "train_length", "val_sequences", "val_length",
+            "batch_size", "check_every", "max_epochs",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"recipe.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.write_probability <= 1.0:
+            raise ConfigError(f"recipe.write_probability must be in (0, 1], got {self.write_probability}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"recipe.learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"recipe.threshold must be in (0, 1], got {self.threshold}")
+        if self.train_sequences % self.batch_size:
+            raise ConfigError(
+                f"recipe.train_sequences ({self.train_sequences}) must be a multiple of "
+                f"recipe.batch_size ({self.batch_size})"
+            )
+        if self.max_epochs % self.check_every:
+            raise ConfigError(
+                f"recipe.max_epochs ({self.max_epochs}) must be a multiple of "
+                f"recipe.check_every ({self.check_every})"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_sequences // self.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How this process trains; not part of the dataset's identity."""
+
+    slots: int = 0  # nets trained at once; 0: as many as memory_budget_mb allows
+    memory_budget_mb: int = 2048  # for choosing slots when slots = 0
+    chunk_rows: int = 64  # store rows per chunk along N (a new store only)
+    val_batch: int = 64  # validation sequences evaluated at once per net
+
+    def __post_init__(self):
+        if self.slots < 0:
+            raise ConfigError(f"run.slots must be >= 0 (0: from the memory budget), got {self.slots}")
+        for name in ("memory_budget_mb", "chunk_rows", "val_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """A dataset: its name, seed, tasks, network and recipe. Recorded whole in the store."""
+
+    name: str = "ds1"
+    seed: int = 0  # everything random about net n derives from (seed, n)
+    tasks: tuple[str, ...] = MACHINES  # net n trains on tasks[n % len(tasks)]
+    network: NetworkConfig = NetworkConfig()
+    recipe: Recipe = Recipe()
+    run: RunOptions = RunOptions()
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        unknown = [t for t in self.tasks if t not in MACHINES]
+        if unknown:
+            raise ConfigError(f"tasks: unknown machine {unknown[0]!r} (known: {', '.join(MACHINES)})")
+        if not self.tasks:
+            raise ConfigError("tasks must name at least one machine")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def identity(self) -> dict:
+        """The JSON-able dict a store records and compares: everything but `run`."""
+        d = dataclasses.asdict(self)
+        del d["run"]
+        return json.loads(json.dumps(d))
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_SECTIONS = {"network": NetworkConfig, "recipe": Recipe, "run": RunOptions}
+
+
+def _fields(cls) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, known: Iterable[str]) -> ConfigError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value, typ):
+    """Check a TOML value against a field type; ints are accepted for floats."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = typing.get_args(typ)[0]
+        return tuple(_coerce(key, v, inner) for v in value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and (
+        not isinstance(value, typ) or (typ is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A name from configs/ (`ds1`, `smoke`) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        names = sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
+        raise ConfigError(f"no config named {str(name_or_path)!r} (known: {', '.join(names)})")
+    return candidate
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"config {str(path)!r} extends itself")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {str(path)!r} is not valid TOML: {e}") from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _merge(_read_toml(config_path(parent), (*seen, path)), raw)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` with a TOML value (`1e-3`, `"tanh"`, `[8, 32]`); bare words are strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip(), parsed
+
+
+def from_dict(raw: dict) -> DatasetConfig:
+    """Build a DatasetConfig from a nested dict, naming any unknown key."""
+    top = _fields(DatasetConfig)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in top:
+            raise _unknown(key, top)
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a table")
+            cls = _SECTIONS[key]
+            fields = _fields(cls)
+            sub = {}
+            for k, v in value.items():
+                if k not in fields:
+                    raise _unknown(f"{key}.{k}", (f"{key}.{f}" for f in fields))
+                sub[k] = _coerce(f"{key}.{k}", v, fields[k])
+            try:
+                kwargs[key] = cls(**sub)
+            except ValueError as e:  # NetworkConfig validates with plain ValueError
+                raise ConfigError(str(e)) from None
+        else:
+            kwargs[key] = _coerce(key, value, top[key])
+    return DatasetConfig(**kwargs)
+
+
+def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> DatasetConfig:
+    """Read a named or TOML config, apply `key=value` overrides, validate."""
+    raw = _read_toml(config_path(name_or_path))
+    for text in overrides:
+        key, value = parse_override(text)
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise _unknown(key, ())
+        node[leaf] = value
+    return from_dict(raw)

@@ -1,0 +1,120 @@
+"""One generation run: config -> data -> population trainer -> store, with progress.
+
+The store is the only record of what is done: the run asks it which of the first
+`K * per_task` nets are still pending, trains exactly those, and writes each batch of
+finished nets as soon as the trainer hands it back. Killing the run loses at most the nets
+in flight; rerunning the same command trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mlds_jax import __version__, models
+from mlds_jax.config import DatasetConfig
+from mlds_jax.data import make_dataset_data
+from mlds_jax.store import DatasetStore
+from mlds_jax.train import FinishedNets, Population, choose_slots
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunReport:
+    """What a run did."""
+
+    total: int  # nets in the requested tier
+    already_stored: int  # finished before this run started
+    trained: int  # finished by this run
+    slots: int  # nets trained at once (0 when there was nothing to do)
+    seconds: float
+
+
+def store_attrs(cfg: DatasetConfig) -> dict:
+    """Group attributes that describe the dataset (see the store's docs)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.name,
+        "config": cfg.identity(),
+        "task_names": list(cfg.tasks),
+        "layout": [spec.as_dict() for spec in models.param_layout(cfg.network)],
+        "accuracy_names": ["val_bit_accuracy"],
+        "package_version": __version__,
+        "seed_scheme": "net n: jax.random.fold_in(jax.random.key(seed[n]), n); "
+        "init key fold_in(., 0), data-order key fold_in(., 1)",
+    }
+
+
+def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool = False):
+    return DatasetStore.open_or_create(
+        out,
+        n_nets=n_nets,
+        n_params=models.num_params(cfg.network),
+        n_log=cfg.recipe.max_epochs,
+        n_accuracies=1,
+        attrs=store_attrs(cfg),
+        chunk_rows=cfg.run.chunk_rows,
+        overwrite=overwrite,
+    )
+
+
+def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) -> None:
+    store.write_rows(
+        done.net_id,
+        weights=done.weights,
+        initial_weights=done.initial_weights,
+        task=done.task,
+        seed=np.full(len(done), cfg.seed, np.uint64),
+        status=done.status,
+        epochs=done.epochs,
+        loss_curve=done.loss_curve,
+        val_accuracy=done.val_accuracy[:, None],
+    )
+
+
+def generate(
+    cfg: DatasetConfig,
+    out: str | Path,
+    per_task: int,
+    *,
+    overwrite: bool = False,
+    on_start: Callable[[int, int, int], None] | None = None,
+    on_progress: Callable[[FinishedNets], None] | None = None,
+) -> RunReport:
+    """Make sure the first `num_tasks * per_task` nets of the dataset are in the store at `out`.
+
+    `on_start(total, already_stored, slots)` is called once before training;
+    `on_progress(finished)` after every batch of nets is safely written.
+    """
+    if per_task < 1:
+        raise ValueError(f"--per-task must be positive, got {per_task}")
+    t0 = time.perf_counter()
+    total = cfg.num_tasks * per_task
+    store = open_store(cfg, out, total, overwrite)
+    todo = store.pending(total)
+    slots = choose_slots(cfg, len(todo)) if len(todo) else 0
+    if on_start:
+        on_start(total, total - len(todo), slots)
+    trained = 0
+    if len(todo):
+        r = cfg.recipe
+        data = make_dataset_data(
+            cfg.seed,
+            cfg.tasks,
+            train_sequences=r.train_sequences,
+            train_length=r.train_length,
+            val_sequences=r.val_sequences,
+            val_length=r.val_length,
+            write_probability=r.write_probability,
+        )
+        for done in Population(cfg, data, slots).run(todo):
+            write_finished(store, cfg, done)
+            trained += len(done)
+            if on_progress:
+                on_progress(done)
+    return RunReport(total, total - len(todo), trained, slots, time.perf_counter() - t0)

@@ -1,0 +1,266 @@
+"""The dataset networks, in PyTorch's parameter layout, and the flat-vector layout table.
+
+A network maps one sequence `(T, input_size)` to one logit vector per step
+`(T, output_size)`: a stack of recurrent layers (GRU or LSTM with `torch.nn.GRU` /
+`torch.nn.LSTM` equations, gate order and parameter shapes) followed by a stack of linear
+layers with one activation between them. Batch and net axes come from `vmap` at the call
+site; nothing here knows about them.
+
+Every net is stored as one flat float32 vector. `param_layout` says where each tensor
+lives in it, in the order of the equivalent PyTorch module's `state_dict`, so
+`torch.cat([t.flatten() for t in module.state_dict().values()])` is the same vector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch.nn.GELU() default
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),  # torch.nn.LeakyReLU() default
+}
+CELLS = ("gru", "lstm")
+GATES = {"gru": 3, "lstm": 4}  # r, z, n  /  i, f, g, o
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture shared by every net of a dataset. Defaults: the DS1 network (4,364 params)."""
+
+    cell: str = "gru"  # "gru" | "lstm"
+    input_size: int = 9  # DS1: strobe + 8 data bits
+    hidden_size: int = 12
+    num_layers: int = 4
+    head_sizes: tuple[int, ...] = (8, 32, 8)  # hidden widths of the linear head
+    output_size: int = 8  # one logit per output pin
+    activation: str = "tanh"  # between head layers; part of the recipe, recorded in the store
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"network.cell must be one of {CELLS}, got {self.cell!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"network.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        for name in ("input_size", "hidden_size", "num_layers", "output_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"network.{name} must be positive, got {getattr(self, name)}")
+        object.__setattr__(self, "head_sizes", tuple(int(h) for h in self.head_sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One tensor of the flat parameter vector."""
+
+    path: tuple[str, ...]  # key path in the Flax params dict
+    shape: tuple[int, ...]
+    offset: int  # start in the flat vector
+    torch_key: str  # key in the equivalent PyTorch module's state_dict
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": "/".join(self.path),
+            "shape": list(self.shape),
+            "offset": self.offset,
+            "torch_key": self.torch_key,
+        }
+
+
+def param_layout(cfg: NetworkConfig) -> list[ParamSpec]:
+    """Every tensor of the flat vector, in PyTorch `state_dict` order."""
+    g, h = GATES[cfg.cell] * cfg.hidden_size, cfg.hidden_size
+    entries = []
+    for layer in range(cfg.num_layers):
+        fan_in = cfg.input_size if layer == 0 else h
+        for name, shape in (
+            ("weight_ih", (g, fan_in)),
+            ("weight_hh", (g, h)),
+            ("bias_ih", (g,)),
+            ("bias_hh", (g,)),
+        ):
+            key = f"{name}_l{layer}"
+            entries.append((("rnn", key), shape, f"rnn.{key}"))
+    widths = (h, *cfg.head_sizes, cfg.output_size)
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        # torch.nn.Sequential(Linear, act, Linear, act, ...): linears sit at even indices.
+        entries.append(((f"head_{i}", "weight"), (fan_out, fan_in), f"head.{2 * i}.weight"))
+        entries.append(((f"head_{i}", "bias"), (fan_out,), f"head.{2 * i}.bias"))
+    layout, offset = [], 0
+    for path, shape, torch_key in entries:
+        layout.append(ParamSpec(path, shape, offset, torch_key))
+        offset += math.prod(shape)
+    return layout
+
+
+def num_params(cfg: NetworkConfig) -> int:
+    last = param_layout(cfg)[-1]
+    return last.offset + last.size
+
+
+def flatten_params(params, layout: Sequence[ParamSpec], xp=jnp):
+    """Params pytree -> flat `(P,)` vector (or `(..., P)` when leaves carry leading axes)."""
+    leaves = []
+    for spec in layout:
+        leaf = params[spec.path[0]][spec.path[1]]
+        leaves.append(xp.reshape(leaf, leaf.shape[: leaf.ndim - len(spec.shape)] + (-1,)))
+    return xp.concatenate(leaves, axis=-1)
+
+
+def unflatten_params(flat, layout: Sequence[ParamSpec]) -> dict:
+    """Flat `(..., P)` vector -> params pytree (numpy or jax arrays, leading axes kept)."""
+    params: dict = {}
+    lead = flat.shape[:-1]
+    for spec in layout:
+        leaf = flat[..., spec.offset : spec.offset + spec.size].reshape(lead + spec.shape)
+        params.setdefault(spec.path[0], {})[spec.path[1]] = leaf
+    return params
+
+
+# --- one-net math -------------------------------------------------------------------------
+
+
+def gru_cell(w_hh, b_hh, h, xi):
+    """One GRU step, `torch.nn.GRU` equations. `xi = W_ih x + b_ih`, (3H,); h: (H,)."""
+    hh = w_hh @ h + b_hh
+    xr, xz, xn = jnp.split(xi, 3)
+    hr, hz, hn = jnp.split(hh, 3)
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    return (1.0 - z) * n + z * h
+
+
+def lstm_cell(w_hh, b_hh, carry, xi):
+    """One LSTM step, `torch.nn.LSTM` equations. `xi = W_ih x + b_ih`, (4H,); carry: (h, c)."""
+    h, c = carry
+    i, f, g, o = jnp.split(xi + w_hh @ h + b_hh, 4)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return h, c
+
+
+def recurrent_layer(cell: str, p: dict, layer: int, xs):
+    """One recurrent layer over a whole sequence: xs (T, in) -> (T, H), zero initial state.
+
+    The input projection is computed for all T steps at once; only `W_hh h` stays in the
+    sequential scan.
+    """
+    w_ih, w_hh = p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]
+    b_ih, b_hh = p[f"bias_ih_l{layer}"], p[f"bias_hh_l{layer}"]
+    xi = xs @ w_ih.T + b_ih[None, :]  # (T, gH)
+    hidden = w_hh.shape[1]
+    if cell == "gru":
+
+        def step(h, xi_t):
+            h = gru_cell(w_hh, b_hh, h, xi_t)
+            return h, h
+
+        init = jnp.zeros((hidden,), xs.dtype)
+    else:
+
+        def step(carry, xi_t):
+            carry = lstm_cell(w_hh, b_hh, carry, xi_t)
+            return carry, carry[0]
+
+        init = (jnp.zeros((hidden,), xs.dtype), jnp.zeros((hidden,), xs.dtype))
+    _, hs = jax.lax.scan(step, init, xi)
+    return hs
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class RNNClassifier(nn.Module):
+    """Recurrent stack + linear head for one sequence: (T, input_size) -> (T, output_size).
+
+    Parameters use PyTorch's shapes and default initialisation (every tensor uniform in
+    +-1/sqrt(fan_in); for the recurrent layers fan_in is the hidden size).
+    """
+
+    cfg: NetworkConfig
+
+    @nn.compact
+    def __call__(self, xs):
+        cfg = self.cfg
+        rnn = _RecurrentStack(cfg, name="rnn")
+        y = rnn(xs)
+        widths = (cfg.hidden_size, *cfg.head_sizes, cfg.output_size)
+        act = ACTIVATIONS[cfg.activation]
+        for i in range(len(widths) - 1):
+            y = _Linear(widths[i], widths[i + 1], name=f"head_{i}")(y)
+            if i < len(widths) - 2:
+                y = act(y)
+        return y
+
+
+class _RecurrentStack(nn.Module):
+    cfg: NetworkConfig
+
+    @nn.compact
+    def __call__(self, xs):
+        cfg = self.cfg
+        g, h = GATES[cfg.cell] * cfg.hidden_size, cfg.hidden_size
+        init = _uniform(1.0 / math.sqrt(h))
+        p = {}
+        for layer in range(cfg.num_layers):
+            fan_in = cfg.input_size if layer == 0 else h
+            p[f"weight_ih_l{layer}"] = self.param(f"weight_ih_l{layer}", init, (g, fan_in))
+            p[f"weight_hh_l{layer}"] = self.param(f"weight_hh_l{layer}", init, (g, h))
+            p[f"bias_ih_l{layer}"] = self.param(f"bias_ih_l{layer}", init, (g,))
+            p[f"bias_hh_l{layer}"] = self.param(f"bias_hh_l{layer}", init, (g,))
+        for layer in range(cfg.num_layers):
+            xs = recurrent_layer(cfg.cell, p, layer, xs)
+        return xs
+
+
+class _Linear(nn.Module):
+    """`torch.nn.Linear`: weight (out, in), bias (out,)."""
+
+    fan_in: int
+    fan_out: int
+
+    @nn.compact
+    def __call__(self, x):
+        init = _uniform(1.0 / math.sqrt(self.fan_in))
+        w = self.param("weight", init, (self.fan_out, self.fan_in))
+        b = self.param("bias", init, (self.fan_out,))
+        y = x @ w.T
+        return y + jnp.broadcast_to(b, y.shape)
+
+
+def init_params(cfg: NetworkConfig, key: jax.Array) -> dict:
+    """One net's parameter pytree from a typed key."""
+    dummy = jnp.zeros((1, cfg.input_size), jnp.float32)
+    return RNNClassifier(cfg).init(key, dummy)["params"]
+
+
+def apply(cfg: NetworkConfig, params: dict, xs):
+    """One net on one sequence: xs (T, input_size) -> logits (T, output_size)."""
+    return RNNClassifier(cfg).apply({"params": params}, xs)
+
+
+def to_numpy_state_dict(flat: np.ndarray, layout: Sequence[ParamSpec]) -> dict[str, np.ndarray]:
+    """Flat `(P,)` vector -> {torch state_dict key: array}, ready for `torch.from_numpy`."""
+    return {
+        spec.torch_key: np.asarray(flat[spec.offset : spec.offset + spec.size]).reshape(spec.shape)
+        for spec in layout
+    }

@@ -1,0 +1,411 @@
+"""The Zarr v3 store of one dataset: create, open, extend, resume state, write rows, read.
+
+One Zarr v3 group (a local directory) per dataset; row ``n`` of every array belongs to net
+``n``. Arrays are chunked along the net axis only (``chunk_rows`` rows, full width), so a
+reader can open the store lazily and slice one net or one task without reading the rest:
+
+    weights          (N, P) float32   final parameters, flat layout in attrs["layout"]
+    initial_weights  (N, P) float32   parameters at initialisation
+    task             (N,)   int32     task index, name in attrs["task_names"]
+    seed             (N,)   uint64    seed the net was derived from
+    status           (N,)   uint8     0 pending, 1 converged, 2 capped, 3 diverged
+    epochs           (N,)   int32     epochs trained
+    loss_curve       (N, E) float32   training loss per logged interval, NaN after the stop
+    val_accuracy     (N, A) float32   final validation accuracies, names in attrs["accuracy_names"]
+
+Float arrays are filled with NaN, integer arrays with 0. The weights arrays are stored
+uncompressed, so each chunk file ``weights/c/<i>/0`` is the raw little-endian float32 block
+of rows ``[i * chunk_rows, (i + 1) * chunk_rows)`` and can be memory-mapped.
+
+Write-ordering contract (what makes resuming safe):
+- A row counts as done only once its ``status`` is non-zero, and ``write_rows`` writes
+  ``status`` after every other array. A run killed at any point therefore leaves rows that
+  are either finished with all their data or still pending; rerunning trains the pending
+  ones again (``pending()``), reading that state from the store itself, not a side file.
+- Zarr's LocalStore (zarr 3.1) writes each chunk file to a temporary name and renames it
+  into place, so a SIGKILL never leaves a torn chunk (at worst a stray ``*.partial`` file).
+- Writing part of a chunk reads, modifies and rewrites the whole chunk: correct as long as
+  each chunk of rows has one writer at a time (the rule for filling one store from several
+  processes: hand out id ranges aligned to ``chunk_rows``).
+- Extending a store resizes ``status`` last, and a fresh store is built in a temporary
+  sibling directory and renamed into place, so neither leaves a store that looks complete
+  but is not.
+
+This module imports only numpy, zarr and the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+FORMAT_VERSION = 1
+
+STATUS_PENDING, STATUS_CONVERGED, STATUS_CAPPED, STATUS_DIVERGED = 0, 1, 2, 3
+STATUS_NAMES = {0: "pending", 1: "converged", 2: "capped", 3: "diverged"}
+
+# name -> (dtype, width axis: None for (N,), else the DatasetStore attribute giving the width).
+# Order matters: write_rows and extension go through it, and `status` must stay last.
+_SCHEMA = {
+    "weights": (np.float32, "n_params"),
+    "initial_weights": (np.float32, "n_params"),
+    "task": (np.int32, None),
+    "seed": (np.uint64, None),
+    "epochs": (np.int32, None),
+    "loss_curve": (np.float32, "n_log"),
+    "val_accuracy": (np.float32, "n_accuracies"),
+    "status": (np.uint8, None),
+}
+_DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy"}
+_UNCOMPRESSED = {"weights", "initial_weights"}  # memory-mappable chunk files
+REQUIRED_ATTRS = (
+    "format_version", "dataset", "config", "task_names", "layout", "package_version",
+    "accuracy_names",
+)
+
+
+class StoreError(Exception):
+    """One-line message naming the problem; the CLI prints it and exits non-zero."""
+
+
+class ConfigMismatchError(StoreError):
+    """The store on disk was made with another dataset, config or shape than this run."""
+
+
+class DamagedStoreError(StoreError):
+    """Something is at the path that claims to be a store but is incomplete or unreadable."""
+
+
+class DatasetStore:
+    """One dataset's Zarr group. Attributes: ``path``, ``attrs`` (dict), ``n_nets`` (N),
+    ``n_params`` (P), ``n_log`` (E), ``n_accuracies`` (A). N is read once at open; another
+    process extending the store later is not seen by this object."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self._group = group
+        self.attrs = dict(group.attrs)
+        self._arrays = _checked_arrays(path, group, self.attrs)
+        self.n_nets = self._arrays["status"].shape[0]
+        self.n_params = self._arrays["weights"].shape[1]
+        self.n_log = self._arrays["loss_curve"].shape[1]
+        self.n_accuracies = self._arrays["val_accuracy"].shape[1]
+
+    # ---- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path, mode: str = "r") -> "DatasetStore":
+        """Open an existing store, ``mode`` "r" (read only) or "r+" (read and write).
+
+        StoreError if nothing is there or it is not a store; DamagedStoreError if arrays or
+        attrs are missing, shapes disagree, or a zarr.json is unreadable."""
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
+        path = Path(path)
+        if path.is_file():
+            raise StoreError(f"{path} is a file, not a dataset store")
+        if not path.is_dir() or not any(path.iterdir()):
+            raise StoreError(f"no dataset store at {path}")
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path} is not a dataset store (no zarr.json)")
+        try:
+            group = zarr.open_group(LocalStore(path, read_only=mode == "r"), mode=mode,
+                                    zarr_format=3)
+        except Exception as e:
+            raise _read_error(path, "zarr.json", e) from e
+        return cls(path, group)
+
+    @classmethod
+    def open_or_create(cls, path, *, n_nets: int, n_params: int, n_log: int,
+                       n_accuracies: int, attrs: dict, chunk_rows: int = 64,
+                       overwrite: bool = False) -> "DatasetStore":
+        """Open the store at ``path`` for writing, creating it with N = ``n_nets`` if absent.
+
+        ``attrs`` must hold ``dataset``, ``config`` (JSON-able, the full resolved config),
+        ``task_names``, ``layout`` and ``accuracy_names`` (A names); ``format_version`` is
+        set here and ``package_version`` defaults to the installed mlds-jax. An existing
+        store must be intact and made with the same dataset, config and P, E, A
+        (ConfigMismatchError naming the first differing key otherwise); if ``n_nets`` > N,
+        every array is extended along N with the new rows pending. Never shrinks.
+        ``overwrite`` deletes an existing store (or empty directory) first; it refuses to
+        delete anything that does not look like a dataset store."""
+        path = Path(path)
+        attrs = _resolved_attrs(attrs, n_accuracies)
+        if overwrite and path.exists():
+            _delete_store_dir(path)
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            try:
+                _create(path, n_nets=n_nets, widths=dict(
+                    n_params=n_params, n_log=n_log, n_accuracies=n_accuracies),
+                    attrs=attrs, chunk_rows=chunk_rows)
+            except OSError as e:
+                if not (path / "zarr.json").is_file():  # else another process created it
+                    raise StoreError(f"cannot create store at {path}: {e.strerror or e}") from e
+        store = cls.open(path, mode="r+")
+        store._check_same_run(attrs, n_params=n_params, n_log=n_log, n_accuracies=n_accuracies)
+        store._extend(n_nets)
+        return store
+
+    def _check_same_run(self, attrs: dict, **widths: int) -> None:
+        where = f"store at {self.path}"
+        fix = "use --overwrite to replace it or another --out"
+        if self.attrs["dataset"] != attrs["dataset"]:
+            raise ConfigMismatchError(f"{where} holds dataset {self.attrs['dataset']!r}, "
+                                      f"this run makes {attrs['dataset']!r}; {fix}")
+        diff = _first_difference(self.attrs["config"], attrs["config"])
+        if diff is not None:
+            key, old, new = diff
+            raise ConfigMismatchError(f"{where} was made with {key}={old}, this run has {new}; "
+                                      f"{fix}")
+        for name, want in widths.items():
+            if getattr(self, name) != want:
+                raise ConfigMismatchError(f"{where} has {name}={getattr(self, name)}, this run "
+                                          f"has {want}; {fix}")
+
+    def _extend(self, n_nets: int) -> None:
+        # Also completes an extension a killed run left half done (status is resized last,
+        # so other arrays may be longer than status, never shorter).
+        target = max(n_nets, *(a.shape[0] for a in self._arrays.values()))
+        try:
+            for a in self._arrays.values():  # status last
+                if a.shape[0] != target:
+                    a.resize((target, *a.shape[1:]))
+        except OSError as e:
+            raise StoreError(f"cannot extend store at {self.path}: {e.strerror or e}") from e
+        self.n_nets = target
+
+    # ---- rows ---------------------------------------------------------------------------
+
+    def array(self, name: str) -> zarr.Array:
+        """The lazy zarr array ``name`` (one of the schema's names)."""
+        return self._arrays[name]
+
+    def pending(self, n_nets: int | None = None) -> np.ndarray:
+        """(R,) int64: ascending ids in [0, n_nets or N) whose status is 0, read from the
+        store's own status array (so several processes filling one store agree)."""
+        n = self.n_nets if n_nets is None else n_nets
+        if not 0 <= n <= self.n_nets:
+            raise ValueError(f"n_nets={n} outside the store's 0..{self.n_nets} rows")
+        status = self._arrays["status"][:n]
+        return np.flatnonzero(status == STATUS_PENDING).astype(np.int64)
+
+    def write_rows(self, ids, *, weights, initial_weights, task, seed, status, epochs,
+                   loss_curve, val_accuracy) -> None:
+        """Write finished rows ``ids`` (R,) (any order, unique, in [0, N)).
+
+        weights, initial_weights (R, P); task, seed, status, epochs (R,); loss_curve (R, E);
+        val_accuracy (R, A). status must be 1, 2 or 3. Every other array is written before
+        ``status``; each array costs one write per touched chunk (orthogonal indexing)."""
+        values = dict(weights=weights, initial_weights=initial_weights, task=task, seed=seed,
+                      status=status, epochs=epochs, loss_curve=loss_curve,
+                      val_accuracy=val_accuracy)
+        ids = self._checked_ids(ids)
+        for name, (dtype, width) in _SCHEMA.items():
+            shape = (len(ids),) if width is None else (len(ids), getattr(self, width))
+            values[name] = np.asarray(values[name])
+            if values[name].shape != shape:
+                raise ValueError(f"{name} has shape {values[name].shape}, expected {shape}")
+            values[name] = values[name].astype(dtype, copy=False)
+        bad = ~np.isin(values["status"], (STATUS_CONVERGED, STATUS_CAPPED, STATUS_DIVERGED))
+        if bad.any():
+            raise ValueError(f"status must be 1, 2 or 3 for finished rows, got "
+                             f"{values['status'][bad][0]} for net {ids[bad][0]}")
+        if not ids.size:
+            return
+        for name in _SCHEMA:  # status last: see the module docstring
+            self._arrays[name].oindex[ids] = values[name]
+
+    def read_rows(self, ids) -> dict[str, np.ndarray]:
+        """Rows ``ids`` (R,) of every array, in the order given: name -> (R, ...) array."""
+        ids = self._checked_ids(ids, unique=False)
+        return {name: a.oindex[ids] for name, a in self._arrays.items()}
+
+    def _checked_ids(self, ids, unique: bool = True) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} "
+                             f"dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_nets):
+            raise ValueError(f"ids must lie in [0, {self.n_nets}), got {ids.min()}..{ids.max()}")
+        if unique and np.unique(ids).size != ids.size:
+            raise ValueError("ids contain duplicates")
+        return ids
+
+    # ---- summary ------------------------------------------------------------------------
+
+    def summary(self) -> list[dict]:
+        """One dict per task index: task, name, total (rows of the task: net n belongs to task
+        n mod K), n (finished rows), converged, capped, diverged, median_epochs and
+        p90_epochs (over converged; NaN if none), mean_val_accuracy (first accuracy column
+        over finished rows with a finite value; NaN if none)."""
+        status = self._arrays["status"][:]
+        done = status != STATUS_PENDING
+        task = self._arrays["task"][:][done]
+        names = list(self.attrs["task_names"])
+        rows_of_task = np.arange(self.n_nets) % max(len(names), 1)
+        status, epochs = status[done], self._arrays["epochs"][:][done]
+        acc = self._arrays["val_accuracy"][:, 0][done] if self.n_accuracies else \
+            np.full(task.shape, np.nan, np.float32)
+        rows = []
+        for t in range(max(len(names), int(task.max(initial=-1)) + 1)):
+            mine = task == t
+            conv_epochs = epochs[mine & (status == STATUS_CONVERGED)]
+            finite_acc = acc[mine & np.isfinite(acc)]
+            rows.append(dict(
+                task=t, name=names[t] if t < len(names) else str(t),
+                total=int((rows_of_task == t).sum()), n=int(mine.sum()),
+                converged=int((status[mine] == STATUS_CONVERGED).sum()),
+                capped=int((status[mine] == STATUS_CAPPED).sum()),
+                diverged=int((status[mine] == STATUS_DIVERGED).sum()),
+                median_epochs=float(np.median(conv_epochs)) if conv_epochs.size else np.nan,
+                p90_epochs=float(np.percentile(conv_epochs, 90)) if conv_epochs.size else np.nan,
+                mean_val_accuracy=float(finite_acc.mean()) if finite_acc.size else np.nan,
+            ))
+        return rows
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _read_error(path: Path, what: str, e: Exception) -> StoreError:
+    """A plain OS error (permissions, I/O) is a StoreError; anything zarr or JSON raises
+    about the metadata's content means the store is damaged."""
+    if isinstance(e, OSError) and not isinstance(e, zarr.errors.BaseZarrError):
+        return StoreError(f"cannot read store at {path}: {e.strerror or e}")
+    return DamagedStoreError(f"store at {path} is damaged: unreadable {what} ({_one_line(e)})")
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("mlds-jax")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _resolved_attrs(attrs: dict, n_accuracies: int) -> dict:
+    """attrs with format_version and package_version set, round-tripped through JSON so that
+    they compare equal to what a reopened store reads back (tuples become lists)."""
+    attrs = {"package_version": _package_version(), **attrs, "format_version": FORMAT_VERSION}
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise ValueError(f"store attrs lack {', '.join(missing)}")
+    if len(attrs["accuracy_names"]) != n_accuracies:
+        raise ValueError(f"accuracy_names has {len(attrs['accuracy_names'])} names, "
+                         f"n_accuracies={n_accuracies}")
+    try:
+        return json.loads(json.dumps(attrs, allow_nan=True))
+    except TypeError as e:
+        raise ValueError(f"store attrs are not JSON-able: {e}") from e
+
+
+def _first_difference(old, new, key: str = ""):
+    """(dotted key, old, new) of the first difference between two JSON trees, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in list(old) + [k for k in new if k not in old]:
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in old or k not in new:
+                return sub, old.get(k, "<absent>"), new.get(k, "<absent>")
+            diff = _first_difference(old[k], new[k], sub)
+            if diff is not None:
+                return diff
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            diff = _first_difference(a, b, f"{key}[{i}]")
+            if diff is not None:
+                return diff
+        return None
+    same = old == new or (isinstance(old, float) and isinstance(new, float)
+                          and np.isnan(old) and np.isnan(new))
+    return None if same else (key or "config", old, new)
+
+
+def _looks_like_store(path: Path) -> bool:
+    """A directory holding a zarr.json and nothing but our arrays (or zarr's temp files)."""
+    entries = [p.name for p in path.iterdir()]
+    return "zarr.json" in entries and all(
+        n == "zarr.json" or n in _SCHEMA or n.endswith(".partial") for n in entries)
+
+
+def _delete_store_dir(path: Path) -> None:
+    if path.is_file() or path.is_symlink():
+        raise StoreError(f"{path} is a file, not a dataset store; refusing to delete it")
+    if any(path.iterdir()) and not _looks_like_store(path):
+        raise StoreError(f"{path} is a non-empty directory that is not a dataset store; "
+                         f"refusing to delete it")
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        raise StoreError(f"cannot delete store at {path}: {e.strerror or e}") from e
+
+
+def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: int) -> None:
+    """Build the group in a temporary sibling directory, then rename it to ``path``, so an
+    interrupted creation never leaves a half-made store at ``path``."""
+    if n_nets < 0 or chunk_rows < 1 or min(widths.values()) < 0:
+        raise ValueError(f"bad store shape: n_nets={n_nets}, chunk_rows={chunk_rows}, {widths}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+    try:
+        group = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes=attrs)
+        for name, (dtype, width) in _SCHEMA.items():
+            shape = (n_nets,) if width is None else (n_nets, widths[width])
+            group.create_array(
+                name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]),
+                fill_value=np.nan if np.issubdtype(dtype, np.floating) else 0,
+                compressors=None if name in _UNCOMPRESSED else "auto",
+                dimension_names=("net",) if width is None else ("net", _DIM_NAMES[width]),
+                attributes={"codes": {str(k): v for k, v in STATUS_NAMES.items()}}
+                if name == "status" else None,
+            )
+        os.replace(tmp, path)  # replaces an empty directory too (POSIX rename)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zarr.Array]:
+    """The schema's arrays, after checking attrs, names, dtypes and shapes agree."""
+    damaged = f"store at {path} is damaged"
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise DamagedStoreError(f"{damaged}: attrs lack {', '.join(missing)}")
+    if attrs["format_version"] != FORMAT_VERSION:
+        raise StoreError(f"store at {path} has format_version {attrs['format_version']}, "
+                         f"this mlds_jax reads {FORMAT_VERSION}")
+    arrays = {}
+    for name, (dtype, width) in _SCHEMA.items():
+        try:
+            a = group[name]
+        except KeyError:
+            raise DamagedStoreError(f"{damaged}: array {name!r} is missing") from None
+        except Exception as e:
+            raise _read_error(path, f"{name}/zarr.json", e) from e
+        rank = 1 if width is None else 2
+        if not isinstance(a, zarr.Array) or a.dtype != dtype or a.ndim != rank:
+            raise DamagedStoreError(f"{damaged}: {name!r} is not a {np.dtype(dtype)} array of "
+                                    f"the expected rank")
+        arrays[name] = a
+    n = arrays["status"].shape[0]
+    for name, a in arrays.items():
+        if a.shape[0] < n:  # longer than status is an unfinished extension, completed later
+            raise DamagedStoreError(f"{damaged}: {name!r} has {a.shape[0]} rows, status {n}")
+    if arrays["weights"].shape[1] != arrays["initial_weights"].shape[1]:
+        raise DamagedStoreError(f"{damaged}: weights and initial_weights widths differ")
+    if arrays["val_accuracy"].shape[1] != len(attrs["accuracy_names"]):
+        raise DamagedStoreError(f"{damaged}: val_accuracy has {arrays['val_accuracy'].shape[1]}"
+                                f" columns, accuracy_names {len(attrs['accuracy_names'])}")
+    return arrays

@@ -1,0 +1,287 @@
+"""The population trainer: M slots of nets trained together by one compiled, vmapped step.
+
+Everything below `Population` is written for ONE net: `NetState` holds one net's params,
+Adam state, counters and flags; `train_chunk` advances it `check_every` epochs and then
+validates it. `Population.__init__` is the one place that adds the slot axis with `vmap`
+and wraps the step in `jit` (state donated). The host loop in `Population.run` only decides
+which net id goes into which slot and hands finished nets back to the caller.
+
+Randomness of net n derives from `(seed, n)` alone: `fold_in(key(seed), n)` split by
+purpose into its init key and its data-order key; epoch e's minibatch order is
+`permutation(fold_in(order_key, e))`. Neither the slot, nor M, nor the neighbours, nor an
+interruption changes what net n sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from mlds_jax import models
+from mlds_jax.config import DatasetConfig
+from mlds_jax.data import TaskData
+
+# Per-net status codes; the store uses the same numbers for finished nets.
+RUNNING, CONVERGED, CAPPED, DIVERGED = 0, 1, 2, 3
+# Purpose tags folded into a net's key.
+INIT_KEY, ORDER_KEY = 0, 1
+EMPTY = -1  # net_id of a slot that holds no net
+
+
+def net_key(seed: int, net_id) -> jax.Array:
+    """The root key of net `net_id` of the dataset with `seed`."""
+    return jax.random.fold_in(jax.random.key(seed), net_id)
+
+
+@struct.dataclass
+class NetState:
+    """One net in training. In a population every field has a leading slot axis (M, ...)."""
+
+    params: dict  # network params pytree, PyTorch shapes (M, ...)
+    opt_state: optax.OptState  # Adam moments (M, ...)
+    initial_flat: jax.Array  # (M, P) params at initialisation, for the store
+    net_id: jax.Array  # (M,) int32, EMPTY for an unused slot
+    task: jax.Array  # (M,) int32 task index
+    order_key: jax.Array  # (M,) typed key for the minibatch order
+    epoch: jax.Array  # (M,) int32 epochs trained
+    status: jax.Array  # (M,) int32 RUNNING / CONVERGED / CAPPED / DIVERGED
+    loss_curve: jax.Array  # (M, E) float32 mean training loss per epoch, NaN after the stop
+    val_accuracy: jax.Array  # (M,) float32 validation bit accuracy at the last check
+
+
+@struct.dataclass
+class TrainData:
+    """Every task's fixed data on device, stacked on a leading task axis K."""
+
+    train_inputs: jax.Array  # (K, S, T, I)
+    train_targets: jax.Array  # (K, S, T, O)
+    val_inputs: jax.Array  # (K, Sv, Tv, I)
+    val_targets: jax.Array  # (K, Sv, Tv, O)
+
+    @classmethod
+    def from_task_data(cls, d: TaskData) -> "TrainData":
+        return cls(*(jnp.asarray(a, jnp.float32) for a in dataclasses.astuple(d)))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static part of the step: shapes, counts and the recipe's numbers."""
+
+    cfg: DatasetConfig
+    val_batch: int
+
+    @property
+    def recipe(self):
+        return self.cfg.recipe
+
+
+def _optimizer(cfg: DatasetConfig) -> optax.GradientTransformation:
+    return optax.adam(cfg.recipe.learning_rate)
+
+
+def init_net(sc: StepConfig, net_id) -> NetState:
+    """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot)."""
+    cfg = sc.cfg
+    key = net_key(cfg.seed, jnp.maximum(net_id, 0))
+    params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
+    layout = models.param_layout(cfg.network)
+    return NetState(
+        params=params,
+        opt_state=_optimizer(cfg).init(params),
+        initial_flat=models.flatten_params(params, layout),
+        net_id=jnp.asarray(net_id, jnp.int32),
+        task=jnp.asarray(jnp.maximum(net_id, 0) % cfg.num_tasks, jnp.int32),
+        order_key=jax.random.fold_in(key, ORDER_KEY),
+        epoch=jnp.zeros((), jnp.int32),
+        status=jnp.where(net_id == EMPTY, CAPPED, RUNNING).astype(jnp.int32),
+        loss_curve=jnp.full((cfg.recipe.max_epochs,), jnp.nan, jnp.float32),
+        val_accuracy=jnp.full((), jnp.nan, jnp.float32),
+    )
+
+
+def _bce(cfg: DatasetConfig, params, xs, ys):
+    """Mean binary cross-entropy over (B, T, O) for one net on a batch of sequences."""
+    logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(xs)
+    return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+
+
+def _train_epoch(sc: StepConfig, data: TrainData, state: NetState) -> NetState:
+    """One epoch over the net's task's training set in its own order; a no-op unless running."""
+    cfg, r = sc.cfg, sc.recipe
+    active = (state.status == RUNNING) & (state.epoch < r.max_epochs)
+    perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), r.train_sequences)
+    batches = perm.reshape(r.steps_per_epoch, r.batch_size)
+    opt = _optimizer(cfg)
+
+    def minibatch(carry, idx):
+        params, opt_state = carry
+        xs = data.train_inputs[state.task, idx]  # (B, T, I)
+        ys = data.train_targets[state.task, idx]  # (B, T, O)
+        loss, grads = jax.value_and_grad(functools.partial(_bce, cfg))(params, xs, ys)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(minibatch, (state.params, state.opt_state), batches)
+    loss = losses.mean()
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
+    diverged = active & ~jnp.isfinite(loss)
+    return state.replace(
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        epoch=state.epoch + active.astype(jnp.int32),
+        status=jnp.where(diverged, DIVERGED, state.status),
+        loss_curve=jnp.where(
+            active, state.loss_curve.at[state.epoch].set(loss, mode="drop"), state.loss_curve
+        ),
+    )
+
+
+def validation_accuracy(sc: StepConfig, data: TrainData, params, task) -> jax.Array:
+    """Bit accuracy of one net on its task's validation set, `val_batch` sequences at a time."""
+    cfg, r = sc.cfg, sc.recipe
+    n = r.val_sequences
+    vb = math.gcd(n, sc.val_batch)  # equal chunks, no padding
+
+    def chunk(idx):
+        logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(
+            data.val_inputs[task, idx]
+        )
+        return ((logits > 0) == (data.val_targets[task, idx] > 0.5)).sum()
+
+    correct = jax.lax.map(chunk, jnp.arange(n).reshape(n // vb, vb)).sum()
+    return correct / (n * r.val_length * cfg.network.output_size)
+
+
+def train_chunk(sc: StepConfig, data: TrainData, state: NetState, new_id) -> NetState:
+    """One slot's whole step: take net `new_id` if >= 0, train `check_every` epochs, validate.
+
+    Validation decides the net's stop: converged when its bit accuracy reaches the
+    threshold, capped at `max_epochs`. Nets join slots only between steps, so every net is
+    checked exactly at epochs check_every, 2*check_every, ...
+    """
+    r = sc.recipe
+    fresh = init_net(sc, new_id)
+    state = jax.tree.map(lambda f, s: jnp.where(new_id >= 0, f, s), fresh, state)
+    was_running = state.status == RUNNING
+    state = jax.lax.fori_loop(
+        0, r.check_every, lambda _, s: _train_epoch(sc, data, s), state
+    )
+    checked = was_running & (state.status == RUNNING)
+    acc = validation_accuracy(sc, data, state.params, state.task)
+    status = jnp.where(checked & (acc >= r.threshold), CONVERGED, state.status)
+    status = jnp.where((status == RUNNING) & (state.epoch >= r.max_epochs), CAPPED, status)
+    val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
+    return state.replace(status=status, val_accuracy=val_acc)
+
+
+@dataclasses.dataclass
+class FinishedNets:
+    """Nets handed back by the trainer, numpy arrays with a leading axis R."""
+
+    net_id: np.ndarray  # (R,) int64
+    task: np.ndarray  # (R,) int32
+    status: np.ndarray  # (R,) uint8, CONVERGED / CAPPED / DIVERGED
+    epochs: np.ndarray  # (R,) int32
+    weights: np.ndarray  # (R, P) float32, flat in the layout of models.param_layout
+    initial_weights: np.ndarray  # (R, P) float32
+    loss_curve: np.ndarray  # (R, E) float32
+    val_accuracy: np.ndarray  # (R,) float32
+
+    def __len__(self) -> int:
+        return len(self.net_id)
+
+
+def bytes_per_slot(cfg: DatasetConfig, val_batch: int) -> int:
+    """Rough device memory one slot needs: state plus the activations kept for backprop."""
+    net, r = cfg.network, cfg.recipe
+    p = models.num_params(net)
+    gates = models.GATES[net.cell] * net.hidden_size
+    width = max(net.head_sizes + (net.output_size, net.hidden_size))
+    per_step = net.num_layers * (gates + 4 * net.hidden_size) + 4 * width + net.input_size
+    activations = 3 * r.batch_size * r.train_length * per_step
+    validation = min(val_batch, r.val_sequences) * r.val_length * per_step
+    state = 7 * p + 2 * r.max_epochs  # params, Adam m and v, initial, grads, updates
+    return 4 * (state + activations + validation)
+
+
+def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
+    """Slots to use: `run.slots` if set, else what the memory budget allows; never more than nets."""
+    run = cfg.run
+    if run.slots:
+        slots = run.slots
+    else:
+        slots = max(1, run.memory_budget_mb * 2**20 // bytes_per_slot(cfg, run.val_batch))
+    return max(1, min(slots, n_nets))
+
+
+class Population:
+    """M slots trained together. Compiles its step once per M."""
+
+    def __init__(self, cfg: DatasetConfig, data: TaskData, slots: int):
+        self.cfg = cfg
+        self.slots = slots
+        self.layout = models.param_layout(cfg.network)
+        self.step_config = StepConfig(cfg, cfg.run.val_batch)
+        self.data = TrainData.from_task_data(data)
+        self.traces = 0  # how often the step was traced (compiled); tests hold it to 1
+
+        def slot_step(state, new_id, data):
+            return train_chunk(self.step_config, data, state, new_id)
+
+        def population_step(state, new_ids, data):
+            self.traces += 1
+            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, new_ids, data)
+
+        # The one place the slot axis is added and the step compiled.
+        self._step = jax.jit(population_step, donate_argnums=0)
+        self._empty = jax.jit(jax.vmap(functools.partial(init_net, self.step_config)))
+
+    def run(self, net_ids: Sequence[int]) -> Iterator[FinishedNets]:
+        """Train `net_ids` (in order of entry) and yield nets as they finish.
+
+        A net finishes at a check; at the next step its slot takes the next waiting id, so
+        slots never idle while work is left.
+        """
+        queue = [int(n) for n in net_ids][::-1]
+        slot_net = np.full(self.slots, EMPTY, np.int64)  # host view of which net each slot holds
+        state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
+        while queue or (slot_net != EMPTY).any():
+            new_ids = np.full(self.slots, EMPTY, np.int32)
+            for m in np.flatnonzero(slot_net == EMPTY):
+                if not queue:
+                    break
+                new_ids[m] = slot_net[m] = queue.pop()
+            state = self._step(state, jnp.asarray(new_ids), self.data)
+            status = np.asarray(jax.device_get(state.status))
+            done = np.flatnonzero((slot_net != EMPTY) & (status != RUNNING))
+            if done.size:
+                yield self._harvest(state, done)
+                slot_net[done] = EMPTY
+
+    def _harvest(self, state: NetState, slots: np.ndarray) -> FinishedNets:
+        # Copy what we need before the next step donates these buffers.
+        host = jax.device_get(
+            (state.params, state.initial_flat, state.net_id, state.task, state.status,
+             state.epoch, state.loss_curve, state.val_accuracy)
+        )
+        params, initial, net_id, task, status, epoch, curve, acc = jax.tree.map(
+            lambda a: np.array(a[slots]), host
+        )
+        return FinishedNets(
+            net_id=net_id.astype(np.int64),
+            task=task.astype(np.int32),
+            status=status.astype(np.uint8),
+            epochs=epoch.astype(np.int32),
+            weights=models.flatten_params(params, self.layout, xp=np).astype(np.float32),
+            initial_weights=initial.astype(np.float32),
+            loss_curve=curve.astype(np.float32),
+            val_accuracy=acc.astype(np.float32),
+        )

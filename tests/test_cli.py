@@ -1,0 +1,237 @@
+"""The `mlds` command end to end: a killed run resumes with nothing lost, bad input fails
+with one line that names the problem, and nothing stored is ever deleted by an error."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mlds_jax
+from mlds_jax import generate as gen
+from mlds_jax.cli import main
+from mlds_jax.config import load_config
+
+PER_TASK = 4  # 20 nets
+ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",
+          "val_accuracy")
+
+
+def mlds(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "mlds_jax.cli", *args], capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode:
+        raise AssertionError(f"mlds {args} failed:\n{proc.stderr}")
+    return proc
+
+
+def read_all(path):
+    ds = mlds_jax.open_dataset(path)
+    return {name: np.asarray(getattr(ds, name)[:]) for name in ARRAYS}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, all 20 nets at once."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    mlds("generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK), "--no-progress")
+    return out
+
+
+def test_uninterrupted_run_fills_every_row(reference):
+    got = read_all(reference)
+    n = 5 * PER_TASK
+    assert got["weights"].shape == (n, 4364)
+    assert got["loss_curve"].shape == (n, 10)
+    assert (got["status"] > 0).all()
+    np.testing.assert_array_equal(got["task"], np.arange(n) % 5)
+    assert np.isfinite(got["weights"]).all()
+    ds = mlds_jax.open_dataset(reference)
+    assert ds.attrs["config"] == load_config("smoke").identity()
+    last = ds.layout[-1]
+    assert (last["torch_key"], last["offset"] + last["shape"][0]) == ("head.6.bias", 4364)
+    # net(n) turns a row back into the pytree recorded in the layout table.
+    tree = ds.net(3)
+    assert tree["rnn"]["weight_hh_l0"].shape == (36, 12)
+    assert tree["head_3"]["bias"].shape == (8,)
+    np.testing.assert_array_equal(tree["head_3"]["bias"], got["weights"][3][-8:])
+
+
+def test_killed_run_resumes_with_nothing_lost(tmp_path, reference):
+    out = tmp_path / "killed.zarr"
+    args = [sys.executable, "-m", "mlds_jax.cli", "generate", "smoke", "--out", str(out),
+            "--per-task", str(PER_TASK), "--slots", "3", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    stored = 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                status = np.asarray(mlds_jax.open_dataset(out).status[:])
+            except Exception:  # not created yet
+                continue
+            stored = int((status > 0).sum())
+            if stored >= 3:
+                break
+        assert proc.poll() is None, "run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = read_all(out)
+    done = before["status"] > 0
+    assert 3 <= done.sum() < 5 * PER_TASK
+
+    again = mlds("generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK),
+                 "--slots", "3", "--no-progress")
+    # Exactly the stored nets are skipped: none trained twice, none missing.
+    assert f"resuming: {done.sum()} of {5 * PER_TASK} nets already in" in again.stdout
+    assert f"training {5 * PER_TASK - done.sum()} nets" in again.stdout
+    after, ref = read_all(out), read_all(reference)
+    for name in ARRAYS:  # rows stored before the kill are untouched
+        np.testing.assert_array_equal(after[name][done], before[name][done])
+    np.testing.assert_array_equal(after["status"], ref["status"])
+    np.testing.assert_array_equal(after["epochs"], ref["epochs"])
+    np.testing.assert_array_equal(after["initial_weights"], ref["initial_weights"])
+    assert np.abs(after["weights"] - ref["weights"]).max() <= 1e-5
+    np.testing.assert_allclose(after["loss_curve"], ref["loss_curve"], atol=1e-5)
+    # A third run has nothing to do.
+    third = mlds("generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK))
+    assert f"resuming: {5 * PER_TASK} of {5 * PER_TASK}" in third.stdout
+
+
+def test_bigger_tier_extends_the_store(tmp_path, reference):
+    out = tmp_path / "grow.zarr"
+    mlds("generate", "smoke", "--out", str(out), "--per-task", "1", "--no-progress")
+    small = read_all(out)
+    assert small["status"].shape == (5,)
+    grown = mlds("generate", "smoke", "--out", str(out), "--per-task", "2", "--no-progress")
+    assert "resuming: 5 of 10" in grown.stdout
+    after, ref = read_all(out), read_all(reference)
+    assert after["status"].shape == (10,)
+    np.testing.assert_array_equal(after["weights"][:5], small["weights"])
+    assert np.abs(after["weights"] - ref["weights"][:10]).max() <= 1e-5
+
+
+def test_info_prints_per_task_table(reference):
+    result = CliRunner().invoke(main, ["info", str(reference)])
+    assert result.exit_code == 0, result.output
+    ref = read_all(reference)
+    for t, name in enumerate(mlds_jax.open_dataset(reference).task_names):
+        line = next(ln for ln in result.output.splitlines() if name in ln)
+        cells = [c.strip() for c in line.split("│") if c.strip()]
+        mine = ref["task"] == t
+        assert cells[1] == f"{mine.sum()}/{mine.sum()}"
+        assert cells[2].startswith(str((ref["status"][mine] == 1).sum()))
+        assert cells[3] == str((ref["status"][mine] == 2).sum())
+        assert float(cells[7]) == pytest.approx(ref["val_accuracy"][mine, 0].mean(), abs=1e-4)
+
+
+# --- bad input: one line naming the problem, non-zero exit, nothing deleted -------------
+
+
+def fails(args, *needles):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    text = result.output
+    for needle in needles:
+        assert needle in text, text
+    return lines
+
+
+@pytest.fixture
+def seeded_store(tmp_path):
+    """A smoke store with one row written by hand (no training needed)."""
+    out = tmp_path / "s.zarr"
+    cfg = load_config("smoke")
+    store = gen.open_store(cfg, out, n_nets=10)
+    store.write_rows([0], weights=np.ones((1, 4364), np.float32),
+                     initial_weights=np.zeros((1, 4364), np.float32), task=np.zeros(1, np.int32),
+                     seed=np.zeros(1, np.uint64), status=np.ones(1, np.uint8),
+                     epochs=np.full(1, 4, np.int32), loss_curve=np.zeros((1, 10), np.float32),
+                     val_accuracy=np.ones((1, 1), np.float32))
+    return out
+
+
+def still_there(path):
+    ds = mlds_jax.open_dataset(path)
+    assert ds.status[0] == 1 and (np.asarray(ds.weights[0]) == 1).all()
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    lines = fails(["generate", "smoke", "--out", str(tmp_path / "x"), "--per-task", "1",
+                   "--set", "recipe.learnin_rate=1e-3"], "recipe.learnin_rate",
+                  "recipe.learning_rate")
+    assert len(lines) == 1
+    assert not (tmp_path / "x").exists()
+    toml = tmp_path / "bad.toml"
+    toml.write_text('extends = "smoke"\n[network]\nhiden_size = 3\n')
+    assert len(fails(["generate", str(toml), "--out", str(tmp_path / "y"), "--per-task", "1"],
+                     "network.hiden_size")) == 1
+    assert len(fails(["generate", "nosuchconfig", "--out", str(tmp_path / "y"),
+                      "--per-task", "1"], "nosuchconfig")) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--per-task", "0"], "--per-task"),
+    (["--per-task", "-3"], "--per-task"),
+    (["--per-task", "1", "--slots", "0"], "--slots"),
+    (["--per-task", "1", "--set", "recipe.batch_size=0"], "recipe.batch_size"),
+    (["--per-task", "1", "--set", "recipe.max_epochs=7"], "recipe.max_epochs"),
+    (["--per-task", "1", "--set", "recipe.learning_rate=fast"], "recipe.learning_rate"),
+])
+def test_non_positive_and_bad_values(tmp_path, args, needle):
+    fails(["generate", "smoke", "--out", str(tmp_path / "x"), *args], needle)
+    assert not (tmp_path / "x").exists()
+
+
+def test_store_made_with_another_config_is_refused(seeded_store):
+    lines = fails(["generate", "smoke", "--out", str(seeded_store), "--per-task", "1",
+                   "--set", "recipe.learning_rate=0.01"],
+                  "recipe.learning_rate", "--overwrite")
+    assert len(lines) == 1
+    still_there(seeded_store)
+    fails(["generate", "smoke", "--out", str(seeded_store), "--per-task", "1", "--seed", "9"],
+          "seed")
+    still_there(seeded_store)
+
+
+def test_unwritable_path(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    lines = fails(["generate", "smoke", "--out", str(blocker / "store.zarr"), "--per-task", "1"],
+                  str(blocker))
+    assert len(lines) == 1
+    assert blocker.read_text() == "not a directory"
+
+
+def test_damaged_store(seeded_store):
+    meta = seeded_store / "epochs" / "zarr.json"
+    meta.write_text("{ this is not json")
+    lines = fails(["generate", "smoke", "--out", str(seeded_store), "--per-task", "2"], "epochs")
+    assert len(lines) == 1
+    assert (seeded_store / "weights").is_dir()  # nothing deleted
+    fails(["info", str(seeded_store)], "epochs")
+    os.remove(meta)
+    fails(["info", str(seeded_store)], "epochs")
+
+
+def test_info_on_missing_store(tmp_path):
+    assert len(fails(["info", str(tmp_path / "nothing")], "nothing")) == 1
+
+
+def test_overwrite_replaces_a_store(seeded_store):
+    cfg = load_config("smoke", ["recipe.learning_rate=0.01"])
+    gen.open_store(cfg, seeded_store, n_nets=5, overwrite=True)
+    ds = mlds_jax.open_dataset(seeded_store)
+    assert ds.config["recipe"]["learning_rate"] == 0.01
+    assert (np.asarray(ds.status[:]) == 0).all()
+    assert json.loads((seeded_store / "zarr.json").read_text())["zarr_format"] == 3

@@ -1,0 +1,159 @@
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from mlds_jax import models, train
+from mlds_jax.config import DatasetConfig, Recipe, RunOptions
+from mlds_jax.data import make_dataset_data
+from tests.torch_reference import torch_net
+
+# Tiny recipe: single-bit machines pass the 0.9 threshold at their first check (their
+# constant-output plateau already scores 0.94), EightBit and SimpleXOR run to the cap, so
+# nets finish at different steps and slots are refilled mid-run.
+RECIPE = Recipe(train_sequences=64, train_length=12, val_sequences=32, val_length=24,
+                batch_size=16, check_every=2, max_epochs=6, threshold=0.9)
+CFG = DatasetConfig(name="test", seed=7, recipe=RECIPE, run=RunOptions(val_batch=16))
+N_NETS = 6
+
+
+def task_data(cfg):
+    r = cfg.recipe
+    return make_dataset_data(cfg.seed, cfg.tasks, train_sequences=r.train_sequences,
+                             train_length=r.train_length, val_sequences=r.val_sequences,
+                             val_length=r.val_length, write_probability=r.write_probability)
+
+
+def collect(batches, n):
+    """Finished batches -> dict of arrays indexed by net id; checks each net comes once."""
+    out = {}
+    seen = []
+    for b in batches:
+        seen.extend(b.net_id.tolist())
+        for f in dataclasses.fields(b):
+            arr = getattr(b, f.name)
+            out.setdefault(f.name, np.zeros((n,) + arr.shape[1:], arr.dtype))[b.net_id] = arr
+    assert sorted(seen) == list(range(n)), f"nets trained {seen}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    return task_data(CFG)
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    results, pops = {}, {}
+    for slots in (N_NETS, 1, 4):
+        pop = train.Population(CFG, data, slots)
+        results[slots] = collect(pop.run(range(N_NETS)), N_NETS)
+        pops[slots] = pop
+    return results, pops
+
+
+def test_vectorised_equals_one_net_at_a_time(runs):
+    results, _ = runs
+    alone, together, refilled = results[1], results[N_NETS], results[4]
+    # The statuses really differ, so M=4 refilled slots while others kept training.
+    assert set(alone["status"].tolist()) == {train.CONVERGED, train.CAPPED}
+    for other in (together, refilled):
+        np.testing.assert_array_equal(other["initial_weights"], alone["initial_weights"])
+        np.testing.assert_array_equal(other["status"], alone["status"])
+        np.testing.assert_array_equal(other["epochs"], alone["epochs"])
+        np.testing.assert_array_equal(other["task"], alone["task"])
+        assert np.abs(other["weights"] - alone["weights"]).max() <= 1e-5
+        np.testing.assert_allclose(other["loss_curve"], alone["loss_curve"], atol=1e-5)
+        np.testing.assert_allclose(other["val_accuracy"], alone["val_accuracy"], atol=1e-6)
+
+
+def test_step_compiles_once_per_population(runs, data):
+    _, pops = runs
+    for pop in pops.values():
+        assert pop.traces == 1
+    pop = pops[4]
+    list(pop.run([3, 1, 2]))  # another run, other ids, same shapes: no retrace
+    assert pop.traces == 1
+
+
+def test_result_does_not_depend_on_order_or_neighbours(runs, data):
+    results, _ = runs
+    pop = train.Population(CFG, data, 2)
+    got = collect(pop.run([5, 2, 0, 4, 1, 3]), N_NETS)
+    assert np.abs(got["weights"] - results[1]["weights"]).max() <= 1e-5
+
+
+def test_stop_rules_and_records(runs, data):
+    res = runs[0][1]
+    r = RECIPE
+    layout = models.param_layout(CFG.network)
+    for n in range(N_NETS):
+        assert res["task"][n] == n % CFG.num_tasks
+        epochs, status = res["epochs"][n], res["status"][n]
+        assert epochs % r.check_every == 0
+        curve = res["loss_curve"][n]
+        assert np.isfinite(curve[:epochs]).all() and np.isnan(curve[epochs:]).all()
+        # Validation accuracy recomputed independently with PyTorch on the stored weights.
+        net = torch_net(CFG.network, res["weights"][n])
+        t = res["task"][n]
+        with torch.no_grad():
+            logits = net(torch.from_numpy(data.val_inputs[t])).numpy()
+        acc = ((logits > 0) == (data.val_targets[t] > 0.5)).mean()
+        assert abs(acc - res["val_accuracy"][n]) <= 1e-6
+        if status == train.CONVERGED:
+            assert acc >= r.threshold
+        else:
+            assert status == train.CAPPED and epochs == r.max_epochs and acc < r.threshold
+        # Initial weights are the net's own init, from (seed, n) alone.
+        init = models.init_params(CFG.network, jax.random.fold_in(train.net_key(CFG.seed, n),
+                                                                  train.INIT_KEY))
+        np.testing.assert_array_equal(models.flatten_params(init, layout, xp=np),
+                                      res["initial_weights"][n])
+
+
+def test_training_equals_torch_adam_on_same_order(runs, data):
+    """Net 2 (EightBit, trained to the cap) retraced with torch.optim.Adam on the same
+    minibatches in the same order: the trainer's math is plain Adam on mean BCE."""
+    res, n = runs[0][1], 2
+    r = RECIPE
+    net = torch_net(CFG.network, res["initial_weights"][n])
+    opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
+    order_key = jax.random.fold_in(train.net_key(CFG.seed, n), train.ORDER_KEY)
+    t = n % CFG.num_tasks
+    xs, ys = torch.tensor(data.train_inputs[t]), torch.tensor(data.train_targets[t])
+    losses = []
+    for epoch in range(res["epochs"][n]):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch),
+                                                 r.train_sequences))
+        batch_losses = []
+        for idx in perm.reshape(-1, r.batch_size):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xs[idx]), ys[idx])
+            loss.backward()
+            opt.step()
+            batch_losses.append(loss.item())
+        losses.append(np.mean(batch_losses))
+    flat = torch.cat([p.detach().flatten() for p in net.state_dict().values()]).numpy()
+    assert np.abs(flat - res["weights"][n]).max() <= 1e-4
+    np.testing.assert_allclose(res["loss_curve"][n][: len(losses)], losses, rtol=1e-4)
+
+
+def test_non_finite_loss_marks_net_diverged(data):
+    poisoned = dataclasses.replace(data, train_inputs=data.train_inputs.copy())
+    poisoned.train_inputs[2, 5, 3, 1] = np.nan  # one value in EightBit's training set
+    res = collect(train.Population(CFG, poisoned, 5).run(range(5)), 5)
+    assert res["status"][2] == train.DIVERGED
+    assert res["epochs"][2] == 1  # stopped in the epoch whose loss was not finite
+    assert np.isnan(res["val_accuracy"][2])
+    assert all(res["status"][n] in (train.CONVERGED, train.CAPPED) for n in (0, 1, 3, 4))
+
+
+def test_slots_from_memory_budget():
+    budget = dataclasses.replace(CFG, run=RunOptions(memory_budget_mb=64))
+    per_slot = train.bytes_per_slot(budget, budget.run.val_batch)
+    assert train.choose_slots(budget, 10**6) == 64 * 2**20 // per_slot
+    assert train.choose_slots(budget, 3) == 3  # never more slots than nets
+    fixed = dataclasses.replace(CFG, run=RunOptions(slots=5))
+    assert train.choose_slots(fixed, 100) == 5
