@@ -223,7 +223,7 @@ def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
 
 
 class Population:
-    """M slots trained together. Compiles its step once per M."""
+    """M slots trained together. Compiles its step once per population size."""
 
     def __init__(self, cfg: DatasetConfig, data: TaskData, slots: int):
         self.cfg = cfg
@@ -231,13 +231,13 @@ class Population:
         self.layout = models.param_layout(cfg.network)
         self.step_config = StepConfig(cfg, cfg.run.val_batch)
         self.data = TrainData.from_task_data(data)
-        self.traces = 0  # how often the step was traced (compiled); tests hold it to 1
+        self.traced_sizes: list[int] = []  # population size at every trace of the step
 
         def slot_step(state, new_id, data):
             return train_chunk(self.step_config, data, state, new_id)
 
         def population_step(state, new_ids, data):
-            self.traces += 1
+            self.traced_sizes.append(len(new_ids))
             return jax.vmap(slot_step, in_axes=(0, 0, None))(state, new_ids, data)
 
         # The one place the slot axis is added and the step compiled.
@@ -248,13 +248,19 @@ class Population:
         """Train `net_ids` (in order of entry) and yield nets as they finish.
 
         A net finishes at a check; at the next step its slot takes the next waiting id, so
-        slots never idle while work is left.
+        slots never idle while work is left. Once the queue is empty and at most half the
+        slots still hold a running net, the population is compacted to those nets (one
+        more compile per new size) so the tail does not pay for finished slots.
         """
         queue = [int(n) for n in net_ids][::-1]
         slot_net = np.full(self.slots, EMPTY, np.int64)  # host view of which net each slot holds
         state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
         while queue or (slot_net != EMPTY).any():
-            new_ids = np.full(self.slots, EMPTY, np.int32)
+            live = np.flatnonzero(slot_net != EMPTY)
+            if not queue and 2 * live.size <= len(slot_net) and len(slot_net) > 1:
+                state = jax.tree.map(lambda a: a[live], state)
+                slot_net = slot_net[live]
+            new_ids = np.full(len(slot_net), EMPTY, np.int32)
             for m in np.flatnonzero(slot_net == EMPTY):
                 if not queue:
                     break
