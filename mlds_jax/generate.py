@@ -85,11 +85,13 @@ def generate(
     overwrite: bool = False,
     on_start: Callable[[int, int, int], None] | None = None,
     on_progress: Callable[[FinishedNets], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> RunReport:
     """Make sure the first `num_tasks * per_task` nets of the dataset are in the store at `out`.
 
     `on_start(total, already_stored, slots)` is called once before training;
-    `on_progress(finished)` after every batch of nets is safely written.
+    `on_progress(finished)` after every batch of nets is safely written;
+    `on_step(running, max_epoch)` after every compiled training step.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be positive, got {per_task}")
@@ -112,7 +114,7 @@ def generate(
             val_length=r.val_length,
             write_probability=r.write_probability,
         )
-        for done in Population(cfg, data, slots).run(todo):
+        for done in Population(cfg, data, slots).run(todo, on_step=on_step):
             write_finished(store, cfg, done)
             trained += len(done)
             if on_progress:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,25 +71,12 @@ class TrainData:
         return cls(*(jnp.asarray(a, jnp.float32) for a in dataclasses.astuple(d)))
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """The static part of the step: shapes, counts and the recipe's numbers."""
-
-    cfg: DatasetConfig
-    val_batch: int
-
-    @property
-    def recipe(self):
-        return self.cfg.recipe
-
-
 def _optimizer(cfg: DatasetConfig) -> optax.GradientTransformation:
     return optax.adam(cfg.recipe.learning_rate)
 
 
-def init_net(sc: StepConfig, net_id) -> NetState:
+def init_net(cfg: DatasetConfig, net_id) -> NetState:
     """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot)."""
-    cfg = sc.cfg
     key = net_key(cfg.seed, jnp.maximum(net_id, 0))
     params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
     layout = models.param_layout(cfg.network)
@@ -113,9 +100,9 @@ def _bce(cfg: DatasetConfig, params, xs, ys):
     return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
 
 
-def _train_epoch(sc: StepConfig, data: TrainData, state: NetState) -> NetState:
+def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetState:
     """One epoch over the net's task's training set in its own order; a no-op unless running."""
-    cfg, r = sc.cfg, sc.recipe
+    r = cfg.recipe
     active = (state.status == RUNNING) & (state.epoch < r.max_epochs)
     perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), r.train_sequences)
     batches = perm.reshape(r.steps_per_epoch, r.batch_size)
@@ -144,11 +131,11 @@ def _train_epoch(sc: StepConfig, data: TrainData, state: NetState) -> NetState:
     )
 
 
-def validation_accuracy(sc: StepConfig, data: TrainData, params, task) -> jax.Array:
-    """Bit accuracy of one net on its task's validation set, `val_batch` sequences at a time."""
-    cfg, r = sc.cfg, sc.recipe
+def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> jax.Array:
+    """Bit accuracy of one net on its task's validation set, `run.val_batch` sequences at a time."""
+    r = cfg.recipe
     n = r.val_sequences
-    vb = math.gcd(n, sc.val_batch)  # equal chunks, no padding
+    vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
 
     def chunk(idx):
         logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(
@@ -160,22 +147,22 @@ def validation_accuracy(sc: StepConfig, data: TrainData, params, task) -> jax.Ar
     return correct / (n * r.val_length * cfg.network.output_size)
 
 
-def train_chunk(sc: StepConfig, data: TrainData, state: NetState, new_id) -> NetState:
+def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, new_id) -> NetState:
     """One slot's whole step: take net `new_id` if >= 0, train `check_every` epochs, validate.
 
     Validation decides the net's stop: converged when its bit accuracy reaches the
     threshold, capped at `max_epochs`. Nets join slots only between steps, so every net is
     checked exactly at epochs check_every, 2*check_every, ...
     """
-    r = sc.recipe
-    fresh = init_net(sc, new_id)
+    r = cfg.recipe
+    fresh = init_net(cfg, new_id)
     state = jax.tree.map(lambda f, s: jnp.where(new_id >= 0, f, s), fresh, state)
     was_running = state.status == RUNNING
     state = jax.lax.fori_loop(
-        0, r.check_every, lambda _, s: _train_epoch(sc, data, s), state
+        0, r.check_every, lambda _, s: _train_epoch(cfg, data, s), state
     )
     checked = was_running & (state.status == RUNNING)
-    acc = validation_accuracy(sc, data, state.params, state.task)
+    acc = validation_accuracy(cfg, data, state.params, state.task)
     status = jnp.where(checked & (acc >= r.threshold), CONVERGED, state.status)
     status = jnp.where((status == RUNNING) & (state.epoch >= r.max_epochs), CAPPED, status)
     val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
@@ -229,12 +216,11 @@ class Population:
         self.cfg = cfg
         self.slots = slots
         self.layout = models.param_layout(cfg.network)
-        self.step_config = StepConfig(cfg, cfg.run.val_batch)
         self.data = TrainData.from_task_data(data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
 
         def slot_step(state, new_id, data):
-            return train_chunk(self.step_config, data, state, new_id)
+            return train_chunk(cfg, data, state, new_id)
 
         def population_step(state, new_ids, data):
             self.traced_sizes.append(len(new_ids))
@@ -242,10 +228,14 @@ class Population:
 
         # The one place the slot axis is added and the step compiled.
         self._step = jax.jit(population_step, donate_argnums=0)
-        self._empty = jax.jit(jax.vmap(functools.partial(init_net, self.step_config)))
+        self._empty = jax.jit(jax.vmap(functools.partial(init_net, cfg)))
 
-    def run(self, net_ids: Sequence[int]) -> Iterator[FinishedNets]:
+    def run(self, net_ids: Sequence[int],
+            on_step: Callable[[int, int], None] | None = None) -> Iterator[FinishedNets]:
         """Train `net_ids` (in order of entry) and yield nets as they finish.
+
+        `on_step(running, max_epoch)` is called after every compiled step with the number of
+        nets in training and the most epochs any of them has done (for progress displays).
 
         A net finishes at a check; at the next step its slot takes the next waiting id, so
         slots never idle while work is left. Once the queue is empty and at most half the
@@ -266,7 +256,10 @@ class Population:
                     break
                 new_ids[m] = slot_net[m] = queue.pop()
             state = self._step(state, jnp.asarray(new_ids), self.data)
-            status = np.asarray(jax.device_get(state.status))
+            status, epoch = (np.asarray(a) for a in jax.device_get((state.status, state.epoch)))
+            if on_step:
+                busy = slot_net != EMPTY
+                on_step(int((busy & (status == RUNNING)).sum()), int(epoch[busy].max(initial=0)))
             done = np.flatnonzero((slot_net != EMPTY) & (status != RUNNING))
             if done.size:
                 yield self._harvest(state, done)
