@@ -54,13 +54,11 @@ def jax_one(slots: int, epoch_sequences: int, repeats: int) -> dict:
     import jax.numpy as jnp
 
     from mlds_jax import train
-    from mlds_jax.data import make_dataset_data
+    from mlds_jax.generate import task_data
 
     cfg = bench_cfg(epoch_sequences)
     r = cfg.recipe
-    data = make_dataset_data(cfg.seed, cfg.tasks, train_sequences=r.train_sequences,
-                             train_length=r.train_length, val_sequences=r.val_sequences,
-                             val_length=r.val_length, write_probability=r.write_probability)
+    data = task_data(cfg)
     pop = train.Population(cfg, data, slots)
     epoch = jax.jit(jax.vmap(lambda s, d: train._train_epoch(cfg, d, s), in_axes=(0, None)),
                     donate_argnums=0)

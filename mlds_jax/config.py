@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mlds_jax.models import NetworkConfig
 from mlds_jax.tasks.machines import MACHINES
+from mlds_jax.tasks.triggers import MIN_TRIGGER_SEQUENCE, check_trigger
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -89,6 +90,22 @@ class RunOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class TriggerConfig:
+    """DS2: the trigger written into a known share of the training sequences."""
+
+    bytes: tuple[int, ...] = (0xA5, 0x3C, 0x0F)  # three consecutive writes of these bytes
+    fraction: float = 0.1  # share of training sequences that carry the trigger
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "bytes", check_trigger(self.bytes))
+        except ValueError as e:
+            raise ConfigError(f"trigger.bytes: {e}") from None
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"trigger.fraction must be in [0, 1], got {self.fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """A dataset: its name, seed, tasks, network and recipe. Recorded whole in the store."""
 
@@ -98,6 +115,7 @@ class DatasetConfig:
     network: NetworkConfig = NetworkConfig()
     recipe: Recipe = Recipe()
     run: RunOptions = RunOptions()
+    trigger: TriggerConfig | None = None  # DS2: set; DS1: absent
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -108,6 +126,18 @@ class DatasetConfig:
             raise ConfigError("tasks must name at least one machine")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.trigger is not None:
+            for name in ("train_length", "val_length"):
+                if getattr(self.recipe, name) < MIN_TRIGGER_SEQUENCE:
+                    raise ConfigError(f"recipe.{name} must be >= {MIN_TRIGGER_SEQUENCE} to hold "
+                                      f"a trigger and its inverted steps")
+
+    @property
+    def accuracy_names(self) -> tuple[str, ...]:
+        """The validation sets, in the order of the stored `val_accuracy` columns."""
+        if self.trigger is None:
+            return ("val_bit_accuracy",)
+        return ("clean_bit_accuracy", "triggered_bit_accuracy")
 
     @property
     def num_tasks(self) -> int:
@@ -117,12 +147,15 @@ class DatasetConfig:
         """The JSON-able dict a store records and compares: everything but `run`."""
         d = dataclasses.asdict(self)
         del d["run"]
+        if d["trigger"] is None:  # DS1 stores record no trigger key at all
+            del d["trigger"]
         return json.loads(json.dumps(d))
 
 
 # --- loading ------------------------------------------------------------------------------
 
-_SECTIONS = {"network": NetworkConfig, "recipe": Recipe, "run": RunOptions}
+_SECTIONS = {"network": NetworkConfig, "recipe": Recipe, "run": RunOptions,
+             "trigger": TriggerConfig}
 
 
 def _fields(cls) -> dict[str, type]:

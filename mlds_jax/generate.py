@@ -17,7 +17,7 @@ import numpy as np
 
 from mlds_jax import __version__, models
 from mlds_jax.config import DatasetConfig
-from mlds_jax.data import make_dataset_data
+from mlds_jax.data import TaskData, make_dataset_data, make_trigger_dataset_data
 from mlds_jax.store import DatasetStore
 from mlds_jax.train import FinishedNets, Population, choose_slots
 
@@ -35,6 +35,20 @@ class RunReport:
     seconds: float
 
 
+def task_data(cfg: DatasetConfig) -> list[TaskData]:
+    """Every task's fixed data: one TaskData per validation set (`cfg.accuracy_names`),
+    all sharing the training set."""
+    r = cfg.recipe
+    sizes = dict(train_sequences=r.train_sequences, train_length=r.train_length,
+                 val_sequences=r.val_sequences, val_length=r.val_length,
+                 write_probability=r.write_probability)
+    if cfg.trigger is None:
+        return [make_dataset_data(cfg.seed, cfg.tasks, **sizes)]
+    d = make_trigger_dataset_data(cfg.seed, cfg.tasks, trigger=cfg.trigger.bytes,
+                                  trigger_fraction=cfg.trigger.fraction, **sizes)
+    return [d.clean(), d.triggered()]
+
+
 def store_attrs(cfg: DatasetConfig) -> dict:
     """Group attributes that describe the dataset (see the store's docs)."""
     return {
@@ -43,7 +57,7 @@ def store_attrs(cfg: DatasetConfig) -> dict:
         "config": cfg.identity(),
         "task_names": list(cfg.tasks),
         "layout": [spec.as_dict() for spec in models.param_layout(cfg.network)],
-        "accuracy_names": ["val_bit_accuracy"],
+        "accuracy_names": list(cfg.accuracy_names),
         "package_version": __version__,
         "seed_scheme": "net n: jax.random.fold_in(jax.random.key(seed[n]), n); "
         "init key fold_in(., 0), data-order key fold_in(., 1)",
@@ -56,7 +70,7 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         n_nets=n_nets,
         n_params=models.num_params(cfg.network),
         n_log=cfg.recipe.max_epochs,
-        n_accuracies=1,
+        n_accuracies=len(cfg.accuracy_names),
         attrs=store_attrs(cfg),
         chunk_rows=cfg.run.chunk_rows,
         overwrite=overwrite,
@@ -73,7 +87,7 @@ def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) 
         status=done.status,
         epochs=done.epochs,
         loss_curve=done.loss_curve,
-        val_accuracy=done.val_accuracy[:, None],
+        val_accuracy=done.val_accuracy,
     )
 
 
@@ -104,16 +118,7 @@ def generate(
         on_start(total, total - len(todo), slots)
     trained = 0
     if len(todo):
-        r = cfg.recipe
-        data = make_dataset_data(
-            cfg.seed,
-            cfg.tasks,
-            train_sequences=r.train_sequences,
-            train_length=r.train_length,
-            val_sequences=r.val_sequences,
-            val_length=r.val_length,
-            write_probability=r.write_probability,
-        )
+        data = task_data(cfg)
         for done in Population(cfg, data, slots).run(todo, on_step=on_step):
             write_finished(store, cfg, done)
             trained += len(done)

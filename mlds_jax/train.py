@@ -54,21 +54,30 @@ class NetState:
     epoch: jax.Array  # (M,) int32 epochs trained
     status: jax.Array  # (M,) int32 RUNNING / CONVERGED / CAPPED / DIVERGED
     loss_curve: jax.Array  # (M, E) float32 mean training loss per epoch, NaN after the stop
-    val_accuracy: jax.Array  # (M,) float32 validation bit accuracy at the last check
+    val_accuracy: jax.Array  # (M, A) float32 accuracy per validation set at the last check
 
 
 @struct.dataclass
 class TrainData:
-    """Every task's fixed data on device, stacked on a leading task axis K."""
+    """Every task's fixed data on device, stacked on a leading task axis K, with A
+    validation sets per task (DS1: one; DS2: clean and triggered)."""
 
     train_inputs: jax.Array  # (K, S, T, I)
     train_targets: jax.Array  # (K, S, T, O)
-    val_inputs: jax.Array  # (K, Sv, Tv, I)
-    val_targets: jax.Array  # (K, Sv, Tv, O)
+    val_inputs: jax.Array  # (K, A, Sv, Tv, I)
+    val_targets: jax.Array  # (K, A, Sv, Tv, O)
 
     @classmethod
-    def from_task_data(cls, d: TaskData) -> "TrainData":
-        return cls(*(jnp.asarray(a, jnp.float32) for a in dataclasses.astuple(d)))
+    def from_task_data(cls, sets: TaskData | Sequence[TaskData]) -> "TrainData":
+        """One TaskData, or several sharing one training set and differing in validation."""
+        sets = [sets] if isinstance(sets, TaskData) else list(sets)
+        f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+        return cls(
+            train_inputs=f32(sets[0].train_inputs),
+            train_targets=f32(sets[0].train_targets),
+            val_inputs=f32(np.stack([d.val_inputs for d in sets], axis=1)),
+            val_targets=f32(np.stack([d.val_targets for d in sets], axis=1)),
+        )
 
 
 def _optimizer(cfg: DatasetConfig) -> optax.GradientTransformation:
@@ -90,7 +99,7 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
         epoch=jnp.zeros((), jnp.int32),
         status=jnp.where(net_id == EMPTY, CAPPED, RUNNING).astype(jnp.int32),
         loss_curve=jnp.full((cfg.recipe.max_epochs,), jnp.nan, jnp.float32),
-        val_accuracy=jnp.full((), jnp.nan, jnp.float32),
+        val_accuracy=jnp.full((len(cfg.accuracy_names),), jnp.nan, jnp.float32),
     )
 
 
@@ -132,19 +141,22 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
 
 
 def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> jax.Array:
-    """Bit accuracy of one net on its task's validation set, `run.val_batch` sequences at a time."""
+    """(A,) bit accuracy of one net on each of its task's validation sets, `run.val_batch`
+    sequences at a time."""
     r = cfg.recipe
     n = r.val_sequences
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
 
-    def chunk(idx):
+    def correct(a, idx):
         logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(
-            data.val_inputs[task, idx]
+            data.val_inputs[task, a, idx]
         )
-        return ((logits > 0) == (data.val_targets[task, idx] > 0.5)).sum()
+        return ((logits > 0) == (data.val_targets[task, a, idx] > 0.5)).sum()
 
-    correct = jax.lax.map(chunk, jnp.arange(n).reshape(n // vb, vb)).sum()
-    return correct / (n * r.val_length * cfg.network.output_size)
+    chunks = jnp.arange(n).reshape(n // vb, vb)
+    per_set = [jax.lax.map(functools.partial(correct, a), chunks).sum()
+               for a in range(data.val_inputs.shape[1])]
+    return jnp.stack(per_set) / (n * r.val_length * cfg.network.output_size)
 
 
 def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, new_id) -> NetState:
@@ -163,7 +175,8 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, new_id) ->
     )
     checked = was_running & (state.status == RUNNING)
     acc = validation_accuracy(cfg, data, state.params, state.task)
-    status = jnp.where(checked & (acc >= r.threshold), CONVERGED, state.status)
+    # Learned means learned on every validation set (DS2: clean and triggered behaviour).
+    status = jnp.where(checked & jnp.all(acc >= r.threshold), CONVERGED, state.status)
     status = jnp.where((status == RUNNING) & (state.epoch >= r.max_epochs), CAPPED, status)
     val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
     return state.replace(status=status, val_accuracy=val_acc)
@@ -180,7 +193,7 @@ class FinishedNets:
     weights: np.ndarray  # (R, P) float32, flat in the layout of models.param_layout
     initial_weights: np.ndarray  # (R, P) float32
     loss_curve: np.ndarray  # (R, E) float32
-    val_accuracy: np.ndarray  # (R,) float32
+    val_accuracy: np.ndarray  # (R, A) float32
 
     def __len__(self) -> int:
         return len(self.net_id)
@@ -212,7 +225,7 @@ def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
 class Population:
     """M slots trained together. Compiles its step once per population size."""
 
-    def __init__(self, cfg: DatasetConfig, data: TaskData, slots: int):
+    def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int):
         self.cfg = cfg
         self.slots = slots
         self.layout = models.param_layout(cfg.network)
