@@ -66,15 +66,26 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
         bar = tqdm(total=total, initial=stored, unit="net", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
+    in_training = ""
+
+    def show():
+        rate = bar.format_dict["rate"]
+        per_hour = f"{rate * 3600:,.0f} nets/h, " if rate else ""
+        bar.set_postfix_str(f"{per_hour}{in_training}", refresh=True)
+
     def on_progress(done):
         bar.update(len(done))
-        rate = bar.format_dict["rate"]
-        if rate:
-            bar.set_postfix_str(f"{rate * 3600:,.0f} nets/h", refresh=True)
+        show()
+
+    def on_step(running, max_epoch):
+        nonlocal in_training
+        in_training = f"{running} in training (up to epoch {max_epoch}/{cfg.recipe.max_epochs})"
+        show()
 
     try:
         report = gen.generate(cfg, out, per_task, overwrite=overwrite,
-                              on_start=on_start, on_progress=on_progress)
+                              on_start=on_start, on_progress=on_progress,
+                              on_step=on_step)
     except (StoreError, ConfigError) as e:
         raise _Fail(str(e)) from None
     finally:
@@ -117,6 +128,100 @@ def info(path):
             num(row.mean_val_accuracy, ".4f"),
         )
     Console(width=120).print(table)
+
+
+def _open(path):
+    from mlds_jax.reader import open_dataset
+
+    try:
+        return open_dataset(path)
+    except StoreError as e:
+        raise _Fail(str(e)) from None
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--nets", "selection", default="all", show_default=True, metavar="SELECTION",
+              help="Which nets: ids and ranges (0:100, 1,5,9, 0:1000:5), task=NAME|INDEX[,...], "
+                   "status=converged|capped|diverged|pending|finished[,...], 'all'; "
+                   "join terms with & (task=ParityMachine&status=converged).")
+@click.option("--format", "fmt", type=click.Choice(["npz", "safetensors", "torch"]),
+              help="File format (default: from OUT's suffix, .npz .safetensors .pt).")
+@click.option("--initial", is_flag=True, help="Also export the initial weights.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export(path, out, selection, fmt, initial, overwrite):
+    """Write the SELECTION of nets of the store at PATH to the file OUT, with the parameter
+    layout and each net's metadata (npz, safetensors, or a PyTorch .pt of state_dicts)."""
+    from pathlib import Path
+
+    from mlds_jax import export as ex
+    from mlds_jax.reader import SelectionError
+
+    ds = _open(path)
+    try:
+        fmt = fmt or ex.format_for(out)
+        ids = ds.select(selection)
+        if not ids.size:
+            raise SelectionError(f"selection {selection!r} matches no nets")
+        if Path(out).exists() and not overwrite:
+            raise _Fail(f"{out} exists; use --overwrite to replace it")
+        ex.export(ds, ids, fmt, out, initial=initial, selection=selection)
+    except (SelectionError, ValueError, StoreError) as e:
+        raise _Fail(str(e)) from None
+    click.echo(f"wrote {len(ids)} nets to {out} ({fmt})")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--out", type=click.Path(), help="Directory for README.md and figures/ "
+                                               "(default: the store itself).")
+def card(path, out):
+    """Write the dataset card into the store at PATH: README.md (what it is, how it was
+    trained, counts, learnability, layout, licence, citation) and figures/*.png."""
+    from mlds_jax.card import write_card
+
+    ds = _open(path)
+    try:
+        readme = write_card(ds, out)
+    except OSError as e:
+        raise _Fail(f"cannot write the card: {e.strerror or e}") from None
+    click.echo(f"wrote {readme} and {readme.parent / 'figures'}/")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+def verify(path):
+    """Re-read every chunk of the store at PATH: checksums, non-finite weights,
+    status/epochs consistency. One line per problem, then a summary; exit 1 if any."""
+    from mlds_jax.verify import verify as run_verify
+
+    try:
+        report = run_verify(path)
+    except StoreError as e:
+        raise _Fail(str(e)) from None
+    for problem in report.problems:
+        click.echo(str(problem))
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--unpack", is_flag=True, help="Back to chunks of rows (to resume or extend).")
+def pack(path, unpack):
+    """Store the weights of the finished store at PATH as one [N, P] block each, so that
+    open_dataset(PATH).weights_memmap() maps them zero-copy. A packed store is read-only
+    for `mlds generate` until --unpack."""
+    from mlds_jax.rawrows import pack as run_pack
+
+    try:
+        done = run_pack(path, unpack=unpack)
+    except StoreError as e:
+        raise _Fail(str(e)) from None
+    what = "unpacked" if unpack else "packed"
+    click.echo(f"{what} {', '.join(done)} in {path}" if done else f"{path} is already {what}")
 
 
 if __name__ == "__main__":

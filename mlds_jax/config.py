@@ -106,6 +106,17 @@ class TriggerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AutomataConfig:
+    """DS3: random Mealy automata instead of machines; automaton a from (seed, a) alone."""
+
+    count: int = 100  # tasks: automata 0 .. count-1
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConfigError(f"automata.count must be positive, got {self.count}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """A dataset: its name, seed, tasks, network and recipe. Recorded whole in the store."""
 
@@ -116,9 +127,14 @@ class DatasetConfig:
     recipe: Recipe = Recipe()
     run: RunOptions = RunOptions()
     trigger: TriggerConfig | None = None  # DS2: set; DS1: absent
+    automata: AutomataConfig | None = None  # DS3: set (then `tasks` is not used)
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.automata is not None:
+            if self.trigger is not None:
+                raise ConfigError("a dataset has either [trigger] (DS2) or [automata] (DS3)")
+            return
         unknown = [t for t in self.tasks if t not in MACHINES]
         if unknown:
             raise ConfigError(f"tasks: unknown machine {unknown[0]!r} (known: {', '.join(MACHINES)})")
@@ -135,27 +151,44 @@ class DatasetConfig:
     @property
     def accuracy_names(self) -> tuple[str, ...]:
         """The validation sets, in the order of the stored `val_accuracy` columns."""
+        if self.automata is not None:
+            return ("val_symbol_accuracy",)
         if self.trigger is None:
             return ("val_bit_accuracy",)
         return ("clean_bit_accuracy", "triggered_bit_accuracy")
 
     @property
+    def task_names(self) -> tuple[str, ...]:
+        if self.automata is not None:
+            return tuple(f"automaton_{a:03d}" for a in range(self.automata.count))
+        return self.tasks
+
+    @property
     def num_tasks(self) -> int:
-        return len(self.tasks)
+        return len(self.task_names)
+
+    @property
+    def symbols(self) -> bool:
+        """DS3: one output symbol per step (softmax cross-entropy, symbol accuracy); else one
+        bit per output pin (binary cross-entropy, bit accuracy)."""
+        return self.automata is not None
 
     def identity(self) -> dict:
         """The JSON-able dict a store records and compares: everything but `run`."""
         d = dataclasses.asdict(self)
         del d["run"]
-        if d["trigger"] is None:  # DS1 stores record no trigger key at all
-            del d["trigger"]
+        for key in ("trigger", "automata"):  # sections a dataset does not use are not recorded
+            if d[key] is None:
+                del d[key]
+        if self.automata is not None:
+            del d["tasks"]
         return json.loads(json.dumps(d))
 
 
 # --- loading ------------------------------------------------------------------------------
 
 _SECTIONS = {"network": NetworkConfig, "recipe": Recipe, "run": RunOptions,
-             "trigger": TriggerConfig}
+             "trigger": TriggerConfig, "automata": AutomataConfig}
 
 
 def _fields(cls) -> dict[str, type]:

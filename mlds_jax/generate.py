@@ -17,8 +17,14 @@ import numpy as np
 
 from mlds_jax import __version__, models
 from mlds_jax.config import DatasetConfig
-from mlds_jax.data import TaskData, make_dataset_data, make_trigger_dataset_data
+from mlds_jax.data import (
+    TaskData,
+    make_automaton_dataset_data,
+    make_dataset_data,
+    make_trigger_dataset_data,
+)
 from mlds_jax.store import DatasetStore
+from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train import FinishedNets, Population, choose_slots
 
 FORMAT_VERSION = 1
@@ -42,6 +48,9 @@ def task_data(cfg: DatasetConfig) -> list[TaskData]:
     sizes = dict(train_sequences=r.train_sequences, train_length=r.train_length,
                  val_sequences=r.val_sequences, val_length=r.val_length,
                  write_probability=r.write_probability)
+    if cfg.automata is not None:
+        del sizes["write_probability"]  # random input symbols, uniform
+        return [make_automaton_dataset_data(cfg.seed, cfg.automata.count, **sizes)]
     if cfg.trigger is None:
         return [make_dataset_data(cfg.seed, cfg.tasks, **sizes)]
     d = make_trigger_dataset_data(cfg.seed, cfg.tasks, trigger=cfg.trigger.bytes,
@@ -55,13 +64,22 @@ def store_attrs(cfg: DatasetConfig) -> dict:
         "format_version": FORMAT_VERSION,
         "dataset": cfg.name,
         "config": cfg.identity(),
-        "task_names": list(cfg.tasks),
+        "task_names": list(cfg.task_names),
         "layout": [spec.as_dict() for spec in models.param_layout(cfg.network)],
         "accuracy_names": list(cfg.accuracy_names),
         "package_version": __version__,
         "seed_scheme": "net n: jax.random.fold_in(jax.random.key(seed[n]), n); "
         "init key fold_in(., 0), data-order key fold_in(., 1)",
     }
+
+
+def dataset_tables(cfg: DatasetConfig) -> dict[str, np.ndarray]:
+    """Arrays a researcher needs to regenerate the training data from the store alone.
+    DS3: every automaton's transition and output tables, start state and state count."""
+    if cfg.automata is None:
+        return {}
+    stacked = stack_automata(make_automata(cfg.seed, cfg.automata.count))
+    return {f"automaton_{k}": v for k, v in stacked.items()}
 
 
 def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool = False):
@@ -74,6 +92,7 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         attrs=store_attrs(cfg),
         chunk_rows=cfg.run.chunk_rows,
         overwrite=overwrite,
+        tables=dataset_tables(cfg),
     )
 
 

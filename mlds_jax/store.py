@@ -1,4 +1,5 @@
-"""The Zarr v3 store of one dataset: create, open, extend, resume state, write rows, read.
+"""The Zarr v3 store of one dataset: its schema; create, open, extend; resume state; rows
+written with ``status`` last, row checksums, reads, a summary.
 
 One Zarr v3 group (a local directory) per dataset; row ``n`` of every array belongs to net
 ``n``. Arrays are chunked along the net axis only (``chunk_rows`` rows, full width), so a
@@ -12,10 +13,22 @@ reader can open the store lazily and slice one net or one task without reading t
     epochs           (N,)   int32     epochs trained
     loss_curve       (N, E) float32   training loss per logged interval, NaN after the stop
     val_accuracy     (N, A) float32   final validation accuracies, names in attrs["accuracy_names"]
+    checksums/rows   (N, 2) int64     crc32c of each row of weights and initial_weights
+                                      (its little-endian float32 bytes); -1: not recorded
 
-Float arrays are filled with NaN, integer arrays with 0. The weights arrays are stored
-uncompressed, so each chunk file ``weights/c/<i>/0`` is the raw little-endian float32 block
-of rows ``[i * chunk_rows, (i + 1) * chunk_rows)`` and can be memory-mapped.
+Float arrays are filled with NaN, integer arrays with 0. The two weights arrays are stored
+uncompressed, so their chunk files hold the raw little-endian float32 rows, which
+``mlds_jax.rawrows`` reads and memory-maps directly and ``mlds pack`` rewrites as one
+[N, P] block (the layout and why the generator writes chunks: that module's docstring).
+A packed store is for reading: writing or extending it raises until it is unpacked.
+
+Integrity: every array but the two weights arrays carries zarr's ``crc32c`` codec, so its
+checksum is in the same chunk file as its data, replaced atomically with it when a later
+write rewrites the chunk. A trailing checksum in the weights chunks would end the raw float32
+block with 4 foreign bytes; instead ``write_rows`` records one crc32c per row of each weights
+array in ``checksums/rows`` (same chunk grid, so the same single writer per chunk), before
+``status``: a row's checksum lands with its data and never goes stale, since rewriting a
+chunk leaves the other rows' bytes and checksums unchanged. ``mlds verify`` checks both.
 
 Write-ordering contract (what makes resuming safe):
 - A row counts as done only once its ``status`` is non-zero, and ``write_rows`` writes
@@ -24,6 +37,7 @@ Write-ordering contract (what makes resuming safe):
   ones again (``pending()``), reading that state from the store itself, not a side file.
 - Zarr's LocalStore (zarr 3.1) writes each chunk file to a temporary name and renames it
   into place, so a SIGKILL never leaves a torn chunk (at worst a stray ``*.partial`` file).
+  The row checksums' chunks are written the same way.
 - Writing part of a chunk reads, modifies and rewrites the whole chunk: correct as long as
   each chunk of rows has one writer at a time (the rule for filling one store from several
   processes: hand out id ranges aligned to ``chunk_rows``).
@@ -31,20 +45,21 @@ Write-ordering contract (what makes resuming safe):
   sibling directory and renamed into place, so neither leaves a store that looks complete
   but is not.
 
-This module imports only numpy, zarr and the standard library.
+This module imports only numpy, zarr (with its google-crc32c) and the standard library.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 FORMAT_VERSION = 1
@@ -65,7 +80,16 @@ _SCHEMA = {
     "status": (np.uint8, None),
 }
 _DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy"}
-_UNCOMPRESSED = {"weights", "initial_weights"}  # memory-mappable chunk files
+# Stored uncompressed (raw float32 chunk files, see mlds_jax.rawrows); also the columns of
+# checksums/rows, in this order.
+WEIGHT_ARRAYS = ("weights", "initial_weights")
+ROW_CHECKSUMS = "checksums/rows"  # (N, 2) int64, columns WEIGHT_ARRAYS
+NO_CHECKSUM = -1
+# Left behind only by a rawrows.pack() killed between its two renames; see _checked_arrays.
+_PACK_LEFTOVERS = {f".{n}.{s}" for n in WEIGHT_ARRAYS for s in ("new", "old")}
+# What else may sit in a store directory: `mlds card` output and the checksums group.
+_EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures"}
+TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
     "accuracy_names",
@@ -94,6 +118,7 @@ class DatasetStore:
         self._group = group
         self.attrs = dict(group.attrs)
         self._arrays = _checked_arrays(path, group, self.attrs)
+        self._row_crc = _checked_row_checksums(path, group, self._arrays["status"].shape[0])
         self.n_nets = self._arrays["status"].shape[0]
         self.n_params = self._arrays["weights"].shape[1]
         self.n_log = self._arrays["loss_curve"].shape[1]
@@ -126,12 +151,16 @@ class DatasetStore:
     @classmethod
     def open_or_create(cls, path, *, n_nets: int, n_params: int, n_log: int,
                        n_accuracies: int, attrs: dict, chunk_rows: int = 64,
-                       overwrite: bool = False) -> "DatasetStore":
+                       overwrite: bool = False,
+                       tables: dict[str, np.ndarray] | None = None) -> "DatasetStore":
         """Open the store at ``path`` for writing, creating it with N = ``n_nets`` if absent.
 
+        ``tables``: fixed arrays that describe the whole dataset (DS3: the automata), written
+        once at creation under ``tables/``; they derive from the config, which is compared.
+
         ``attrs`` must hold ``dataset``, ``config`` (JSON-able, the full resolved config),
-        ``task_names``, ``layout`` and ``accuracy_names`` (A names); ``format_version`` is
-        set here and ``package_version`` defaults to the installed mlds-jax. An existing
+        ``task_names``, ``layout``, ``accuracy_names`` (A names) and ``package_version``
+        (the writer's ``mlds_jax.__version__``); ``format_version`` is set here. An existing
         store must be intact and made with the same dataset, config and P, E, A
         (ConfigMismatchError naming the first differing key otherwise); if ``n_nets`` > N,
         every array is extended along N with the new rows pending. Never shrinks.
@@ -145,12 +174,13 @@ class DatasetStore:
             try:
                 _create(path, n_nets=n_nets, widths=dict(
                     n_params=n_params, n_log=n_log, n_accuracies=n_accuracies),
-                    attrs=attrs, chunk_rows=chunk_rows)
+                    attrs=attrs, chunk_rows=chunk_rows, tables=tables or {})
             except OSError as e:
                 if not (path / "zarr.json").is_file():  # else another process created it
                     raise StoreError(f"cannot create store at {path}: {e.strerror or e}") from e
         store = cls.open(path, mode="r+")
         store._check_same_run(attrs, n_params=n_params, n_log=n_log, n_accuracies=n_accuracies)
+        store._ensure_row_checksums()
         store._extend(n_nets)
         return store
 
@@ -170,12 +200,29 @@ class DatasetStore:
                 raise ConfigMismatchError(f"{where} has {name}={getattr(self, name)}, this run "
                                           f"has {want}; {fix}")
 
+    def _ensure_row_checksums(self) -> None:
+        """Give a store made before row checksums existed its ``checksums/rows`` array (rows
+        already finished stay "not recorded")."""
+        if self._row_crc is not None:
+            return
+        weights = self._arrays["weights"]
+        try:
+            self._row_crc = _create_row_checksums(self._group, self._arrays["status"].shape[0],
+                                                  weights.chunks[0])
+        except OSError as e:
+            raise StoreError(f"cannot add checksums to store at {self.path}: "
+                             f"{e.strerror or e}") from e
+
     def _extend(self, n_nets: int) -> None:
         # Also completes an extension a killed run left half done (status is resized last,
         # so other arrays may be longer than status, never shorter).
-        target = max(n_nets, *(a.shape[0] for a in self._arrays.values()))
+        arrays = [self._row_crc] if self._row_crc is not None else []
+        arrays += list(self._arrays.values())  # status last
+        target = max(n_nets, *(a.shape[0] for a in arrays))
+        if target > self.n_nets:
+            self._refuse_if_packed("extend")
         try:
-            for a in self._arrays.values():  # status last
+            for a in arrays:
                 if a.shape[0] != target:
                     a.resize((target, *a.shape[1:]))
         except OSError as e:
@@ -187,6 +234,35 @@ class DatasetStore:
     def array(self, name: str) -> zarr.Array:
         """The lazy zarr array ``name`` (one of the schema's names)."""
         return self._arrays[name]
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """The fixed per-dataset arrays written at creation (empty for DS1 and DS2)."""
+        try:
+            group = self._group[TABLES]
+        except KeyError:
+            return {}
+        try:
+            return {name: np.asarray(a[...]) for name, a in group.arrays()}
+        except Exception as e:
+            raise _read_error(self.path, f"{TABLES}/", e) from e
+
+    def row_checksums(self) -> np.ndarray | None:
+        """(N, 2) int64: crc32c of each row's little-endian float32 bytes in ``weights`` and
+        ``initial_weights``, -1 where none was recorded; None for a store made before row
+        checksums existed (opened read-only)."""
+        if self._row_crc is None:
+            return None
+        return self._row_crc[: self.n_nets]
+
+    @property
+    def packed(self) -> bool:
+        """True once ``mlds pack`` made the weights arrays one shard each (read-only layout)."""
+        return any(is_packed(self._arrays[n]) for n in WEIGHT_ARRAYS)
+
+    def _refuse_if_packed(self, what: str) -> None:
+        if self.packed:
+            raise StoreError(f"store at {self.path} is packed for reading; run "
+                             f"`mlds pack --unpack {self.path}` before you {what} it")
 
     def pending(self, n_nets: int | None = None) -> np.ndarray:
         """(R,) int64: ascending ids in [0, n_nets or N) whose status is 0, read from the
@@ -220,8 +296,34 @@ class DatasetStore:
                              f"{values['status'][bad][0]} for net {ids[bad][0]}")
         if not ids.size:
             return
+        self._refuse_if_packed("write to")
+        self._ensure_row_checksums()
+        crcs = np.stack([row_crc32c(values[n]) for n in WEIGHT_ARRAYS], axis=1)  # (R, 2)
         for name in _SCHEMA:  # status last: see the module docstring
+            if name == "status":
+                self._write_row_checksums(ids, crcs)
             self._arrays[name].oindex[ids] = values[name]
+
+    def _write_row_checksums(self, ids: np.ndarray, crcs: np.ndarray) -> None:
+        """Rows ``ids`` of ``checksums/rows``, one atomic rewrite per touched chunk.
+
+        Written as raw chunk files (the array is uncompressed little-endian int64 with the
+        default "c/<i>/0" keys, checked at open) rather than through zarr: the same bytes,
+        the same temporary-name-and-rename as zarr's LocalStore, without its async machinery
+        for a few hundred bytes."""
+        rows = self._row_crc.chunks[0]
+        for k in np.unique(ids // rows):
+            mine = ids // rows == k
+            path = self.path / ROW_CHECKSUMS / "c" / str(k) / "0"
+            block = np.full((rows, 2), NO_CHECKSUM, "<i8")
+            if path.exists():
+                old = np.fromfile(path, "<i8")
+                if old.size != block.size:
+                    raise DamagedStoreError(f"store at {self.path} is damaged: {path} holds "
+                                            f"{old.size * 8} bytes, not {block.size * 8}")
+                block[:] = old.reshape(rows, 2)
+            block[ids[mine] - k * rows] = crcs[mine]
+            write_atomic(path, block.tobytes())
 
     def read_rows(self, ids) -> dict[str, np.ndarray]:
         """Rows ``ids`` (R,) of every array, in the order given: name -> (R, ...) array."""
@@ -289,17 +391,10 @@ def _read_error(path: Path, what: str, e: Exception) -> StoreError:
     return DamagedStoreError(f"store at {path} is damaged: unreadable {what} ({_one_line(e)})")
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("mlds-jax")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _resolved_attrs(attrs: dict, n_accuracies: int) -> dict:
-    """attrs with format_version and package_version set, round-tripped through JSON so that
-    they compare equal to what a reopened store reads back (tuples become lists)."""
-    attrs = {"package_version": _package_version(), **attrs, "format_version": FORMAT_VERSION}
+    """attrs with format_version set, round-tripped through JSON so that they compare equal
+    to what a reopened store reads back (tuples become lists)."""
+    attrs = {**attrs, "format_version": FORMAT_VERSION}
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
     if missing:
         raise ValueError(f"store attrs lack {', '.join(missing)}")
@@ -338,7 +433,8 @@ def _looks_like_store(path: Path) -> bool:
     """A directory holding a zarr.json and nothing but our arrays (or zarr's temp files)."""
     entries = [p.name for p in path.iterdir()]
     return "zarr.json" in entries and all(
-        n == "zarr.json" or n in _SCHEMA or n.endswith(".partial") for n in entries)
+        n == "zarr.json" or n in _SCHEMA or n in _EXTRA_ENTRIES or n in _PACK_LEFTOVERS
+        or n.endswith(".partial") for n in entries)
 
 
 def _delete_store_dir(path: Path) -> None:
@@ -353,7 +449,8 @@ def _delete_store_dir(path: Path) -> None:
         raise StoreError(f"cannot delete store at {path}: {e.strerror or e}") from e
 
 
-def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: int) -> None:
+def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: int,
+            tables: dict[str, np.ndarray]) -> None:
     """Build the group in a temporary sibling directory, then rename it to ``path``, so an
     interrupted creation never leaves a half-made store at ``path``."""
     if n_nets < 0 or chunk_rows < 1 or min(widths.values()) < 0:
@@ -367,11 +464,15 @@ def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: i
             group.create_array(
                 name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]),
                 fill_value=np.nan if np.issubdtype(dtype, np.floating) else 0,
-                compressors=None if name in _UNCOMPRESSED else "auto",
+                compressors=None if name in WEIGHT_ARRAYS else _CHECKSUMMED,
                 dimension_names=("net",) if width is None else ("net", _DIM_NAMES[width]),
                 attributes={"codes": {str(k): v for k, v in STATUS_NAMES.items()}}
                 if name == "status" else None,
             )
+        _create_row_checksums(group, n_nets, chunk_rows)
+        for name, table in tables.items():
+            group.require_group(TABLES).create_array(name, data=np.asarray(table),
+                                                     compressors=_CHECKSUMMED)
         os.replace(tmp, path)  # replaces an empty directory too (POSIX rename)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -391,6 +492,11 @@ def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zar
         try:
             a = group[name]
         except KeyError:
+            old = path / f".{name}.old"
+            if old.is_dir():
+                raise DamagedStoreError(f"{damaged}: array {name!r} is missing; an interrupted "
+                                        f"`mlds pack` left it at {old}: rename that back to "
+                                        f"{path / name}") from None
             raise DamagedStoreError(f"{damaged}: array {name!r} is missing") from None
         except Exception as e:
             raise _read_error(path, f"{name}/zarr.json", e) from e
@@ -409,3 +515,75 @@ def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zar
         raise DamagedStoreError(f"{damaged}: val_accuracy has {arrays['val_accuracy'].shape[1]}"
                                 f" columns, accuracy_names {len(attrs['accuracy_names'])}")
     return arrays
+
+
+# ---- checksums ----------------------------------------------------------------------------
+
+# Every array but the raw weights: zstd as before, then a crc32c of the compressed chunk.
+_CHECKSUMMED = (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
+
+def row_crc32c(rows: np.ndarray) -> np.ndarray:
+    """(R,) int64: crc32c of each row's little-endian float32 bytes; rows (R, P)."""
+    rows = np.ascontiguousarray(rows, dtype="<f4")
+    return np.array([google_crc32c.value(r.tobytes()) for r in rows], np.int64)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, then rename it to ``path``: never torn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_row_checksums(group: zarr.Group, n_nets: int, chunk_rows: int) -> zarr.Array:
+    sub = group.require_group("checksums")
+    return sub.create_array(
+        "rows", shape=(n_nets, 2), dtype=np.int64, chunks=(chunk_rows, 2),
+        fill_value=NO_CHECKSUM, compressors=None, dimension_names=("net", "array"),
+        attributes={"columns": list(WEIGHT_ARRAYS), "algorithm": "crc32c",
+                    "of": "the row's little-endian float32 bytes", "missing": NO_CHECKSUM},
+    )
+
+
+def _checked_row_checksums(path: Path, group: zarr.Group, n: int) -> zarr.Array | None:
+    """``checksums/rows``, or None in a store made before it existed."""
+    try:
+        a = group[ROW_CHECKSUMS]
+    except KeyError:
+        return None
+    except Exception as e:
+        raise _read_error(path, f"{ROW_CHECKSUMS}/zarr.json", e) from e
+    ok = (isinstance(a, zarr.Array) and a.dtype == np.int64 and a.ndim == 2 and a.shape[1] == 2
+          and a.shards is None and len(a.metadata.codecs) == 1
+          and is_raw_le(a.metadata.codecs[0]) and has_default_keys(a))
+    if not ok:
+        raise DamagedStoreError(f"store at {path} is damaged: {ROW_CHECKSUMS!r} is not an "
+                                f"uncompressed (N, 2) int64 array")
+    if a.shape[0] < n:
+        raise DamagedStoreError(f"store at {path} is damaged: {ROW_CHECKSUMS!r} has "
+                                f"{a.shape[0]} rows, status {n}")
+    return a
+
+
+# ---- codecs and keys: what lets a chunk file be read as raw bytes --------------------------
+
+
+def is_raw_le(codec) -> bool:
+    """The codec stores the array's bytes as they are, little-endian."""
+    return isinstance(codec, BytesCodec) and getattr(codec.endian, "value", None) == "little"
+
+
+def has_default_keys(a: zarr.Array) -> bool:
+    """Chunk ``i`` of a 2-D array ``a`` is the file ``c/<i>/0`` under the array's directory."""
+    cke = a.metadata.chunk_key_encoding
+    return cke.name == "default" and getattr(cke, "separator", "/") == "/"
+
+
+def is_packed(a: zarr.Array) -> bool:
+    """``a`` is stored as shards (``mlds pack``), not as chunk files."""
+    return a.shards is not None

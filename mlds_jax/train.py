@@ -103,10 +103,20 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
     )
 
 
-def _bce(cfg: DatasetConfig, params, xs, ys):
-    """Mean binary cross-entropy over (B, T, O) for one net on a batch of sequences."""
+def _loss(cfg: DatasetConfig, params, xs, ys):
+    """Mean loss of one net on a batch of sequences: binary cross-entropy over (B, T, O)
+    output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols."""
     logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(xs)
+    if cfg.symbols:
+        return optax.softmax_cross_entropy(logits, ys).mean()
     return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+
+
+def _correct(cfg: DatasetConfig, logits, ys):
+    """Right answers: output bits (logit sign vs target bit), or symbols (argmax)."""
+    if cfg.symbols:
+        return (logits.argmax(-1) == ys.argmax(-1)).sum()
+    return ((logits > 0) == (ys > 0.5)).sum()
 
 
 def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetState:
@@ -121,7 +131,7 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
         params, opt_state = carry
         xs = data.train_inputs[state.task, idx]  # (B, T, I)
         ys = data.train_targets[state.task, idx]  # (B, T, O)
-        loss, grads = jax.value_and_grad(functools.partial(_bce, cfg))(params, xs, ys)
+        loss, grads = jax.value_and_grad(functools.partial(_loss, cfg))(params, xs, ys)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -141,8 +151,8 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
 
 
 def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> jax.Array:
-    """(A,) bit accuracy of one net on each of its task's validation sets, `run.val_batch`
-    sequences at a time."""
+    """(A,) accuracy (bits, or DS3 symbols) of one net on each of its task's validation sets,
+    `run.val_batch` sequences at a time."""
     r = cfg.recipe
     n = r.val_sequences
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
@@ -151,12 +161,13 @@ def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> ja
         logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(
             data.val_inputs[task, a, idx]
         )
-        return ((logits > 0) == (data.val_targets[task, a, idx] > 0.5)).sum()
+        return _correct(cfg, logits, data.val_targets[task, a, idx])
 
     chunks = jnp.arange(n).reshape(n // vb, vb)
     per_set = [jax.lax.map(functools.partial(correct, a), chunks).sum()
                for a in range(data.val_inputs.shape[1])]
-    return jnp.stack(per_set) / (n * r.val_length * cfg.network.output_size)
+    per_sequence = r.val_length * (1 if cfg.symbols else cfg.network.output_size)
+    return jnp.stack(per_set) / (n * per_sequence)
 
 
 def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, new_id) -> NetState:

@@ -8,7 +8,9 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
+import mlds_jax.store
 from mlds_jax.store import (
+    ROW_CHECKSUMS,
     ConfigMismatchError,
     DamagedStoreError,
     DatasetStore,
@@ -239,6 +241,7 @@ def test_status_written_last(tmp_path, monkeypatch):
     store = make(tmp_path / "s", n_nets=16)
     written = []
     original_set, original_delete = LocalStore.set, LocalStore.delete
+    original_write = mlds_jax.store.write_atomic
 
     async def recording_set(self, key, value):
         written.append(key)
@@ -248,17 +251,23 @@ def test_status_written_last(tmp_path, monkeypatch):
         written.append(key)
         return await original_delete(self, key)
 
+    def recording_write(path, data):  # the row checksums' chunk files bypass LocalStore
+        written.append(path.relative_to(store.path).as_posix())
+        return original_write(path, data)
+
     monkeypatch.setattr(LocalStore, "set", recording_set)
     monkeypatch.setattr(LocalStore, "delete", recording_delete)
+    monkeypatch.setattr(mlds_jax.store, "write_atomic", recording_write)
     ids = np.array([13, 1, 6, 2])  # chunks 0, 1, 3
     store.write_rows(ids, **rows(ids))
-    arrays = [k.split("/")[0] for k in written]
+    arrays = [k.rsplit("/c/", 1)[0] for k in written]
     assert arrays[-3:] == ["status"] * 3 and "status" not in arrays[:-3]
+    assert ROW_CHECKSUMS in arrays  # so before status, as every other array
     # one write per touched chunk per array, not one per row
     assert sorted(written) == sorted(f"{name}/c/{c}" + ("/0" if name in (
-        "weights", "initial_weights", "loss_curve", "val_accuracy") else "")
+        "weights", "initial_weights", "loss_curve", "val_accuracy", ROW_CHECKSUMS) else "")
         for name in set(arrays) for c in (0, 1, 3))
-    assert len(set(arrays)) == 8
+    assert len(set(arrays)) == 9
 
 
 def test_killed_before_status_leaves_rows_pending(tmp_path, monkeypatch):
@@ -277,7 +286,8 @@ def test_killed_before_status_leaves_rows_pending(tmp_path, monkeypatch):
     ids = np.array([1, 5])
     with pytest.raises(Killed):
         store.write_rows(ids, **rows(ids))
-    monkeypatch.undo()
+    # The patch stays: zarr's other chunk writes may still be running when the first Killed
+    # returns, and undoing it would let a late status write land (a real kill stops them).
     reopened = DatasetStore.open(tmp_path / "s")
     assert list(reopened.pending()) == list(range(8))  # data landed, but nothing claims done
     np.testing.assert_array_equal(reopened.read_rows(ids)["weights"], rows(ids)["weights"])

@@ -1,0 +1,243 @@
+"""Integrity check of a store: re-read every chunk, compare checksums, check the rows agree.
+
+What is checked (``mlds verify PATH``; one line per problem, a summary line, exit 1 if any):
+
+- every chunk of every array but the weights is read through zarr, whose ``crc32c`` codec
+  compares the checksum written with the chunk; a mismatch or undecodable chunk is reported
+  with the rows it holds;
+- every finished row of ``weights`` and ``initial_weights`` is compared with the crc32c
+  recorded for it when it was written (``checksums/rows``); chunk files of the wrong size
+  are reported too;
+- finished rows: final weights of converged or capped nets and initial weights of any net
+  are finite; the task is ``n mod K``; epochs are at least 1 and at most the cap, exactly the
+  cap for a capped net; a converged net reached the threshold; a converged or capped net's
+  loss curve is finite for its epochs and NaN after (when one value is logged per epoch);
+- pending rows hold no data (a write interrupted before its status leaves some; rerunning
+  ``mlds generate`` rewrites them).
+
+Stores made before checksums existed are checked for everything else, and the summary says
+how many rows and arrays had no checksum to compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from zarr.codecs import Crc32cCodec
+
+from mlds_jax.rawrows import RawRows
+from mlds_jax.store import (
+    NO_CHECKSUM,
+    STATUS_CAPPED,
+    STATUS_CONVERGED,
+    STATUS_DIVERGED,
+    STATUS_NAMES,
+    STATUS_PENDING,
+    WEIGHT_ARRAYS,
+    DatasetStore,
+    DamagedStoreError,
+    row_crc32c,
+)
+
+_SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "status")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong: which rows, and a one-line message that names them."""
+
+    rows: tuple[int, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclasses.dataclass
+class Report:
+    path: Path
+    n_nets: int = 0
+    finished: int = 0
+    chunks_read: int = 0
+    rows_checksummed: int = 0
+    rows_without_checksum: int = 0
+    arrays_without_checksum: list[str] = dataclasses.field(default_factory=list)
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_rows(self) -> list[int]:
+        """Ascending ids of every net some problem names."""
+        return sorted({r for p in self.problems for r in p.rows})
+
+    def summary(self) -> str:
+        unchecked = []
+        if self.rows_without_checksum:
+            unchecked.append(f"{self.rows_without_checksum} finished rows have no recorded "
+                             f"weights checksum")
+        if self.arrays_without_checksum:
+            unchecked.append(f"no chunk checksums in {', '.join(self.arrays_without_checksum)}")
+        note = f" ({'; '.join(unchecked)})" if unchecked else ""
+        head = (f"{self.path}: {self.n_nets} nets, {self.finished} finished; read "
+                f"{self.chunks_read} chunks, compared {self.rows_checksummed} row checksums"
+                f"{note}")
+        if self.ok:
+            return f"OK {head}"
+        return (f"FAILED {head}: {len(self.problems)} problems in "
+                f"{len(self.bad_rows)} nets")
+
+
+def _rows_text(lo: int, hi: int) -> str:
+    return f"net {lo}" if hi - lo == 1 else f"nets {lo}..{hi - 1}"
+
+
+def _why(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    if "checksum" in (text[0] if text else "").lower():
+        return "checksum mismatch"
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
+    """Check the store at ``path`` (see the module docstring). ``progress(chunks)`` is
+    called after each chunk row is done. StoreError if it cannot be opened at all."""
+    store = DatasetStore.open(path, mode="r")
+    n = store.n_nets
+    report = Report(path=store.path, n_nets=n)
+    problems = report.problems
+    unreadable = np.zeros(n, bool)
+    data: dict[str, np.ndarray] = {}
+
+    # -- every small array, chunk by chunk, through zarr (crc32c checked on decode) --------
+    for name in _SMALL:
+        a = store.array(name)
+        if not any(isinstance(c, Crc32cCodec) for c in a.metadata.codecs):
+            report.arrays_without_checksum.append(name)
+        fill = np.nan if a.dtype.kind == "f" else 0
+        out = np.full((n, *a.shape[1:]), fill, a.dtype)
+        rows = a.chunks[0]
+        for lo in range(0, n, rows):
+            hi = min(lo + rows, n)
+            try:
+                out[lo:hi] = a[lo:hi]
+            except Exception as e:  # noqa: BLE001 - any decode failure is a finding
+                problems.append(Problem(tuple(range(lo, hi)), f"{name}: {_rows_text(lo, hi)} "
+                                        f"(chunk {lo // rows}) unreadable: {_why(e)}"))
+                unreadable[lo:hi] = True
+            report.chunks_read += 1
+        data[name] = out
+
+    status = data["status"]
+    finished = (status != STATUS_PENDING) & ~unreadable
+    report.finished = int((status != STATUS_PENDING).sum())
+    crcs = store.row_checksums()
+
+    # -- weights: raw chunks, per-row checksums, finite values -----------------------------
+    has_data = np.zeros(n, bool)  # pending rows that hold weights
+    for col, name in enumerate(WEIGHT_ARRAYS):  # the columns of the row checksums
+        try:
+            raw = RawRows.of(store, name)
+        except DamagedStoreError as e:
+            problems.append(Problem(tuple(range(n)), f"{name}: {e}"))
+            continue
+        a = store.array(name)
+        rows = a.chunks[0]
+        for lo in range(0, n, rows):
+            hi = min(lo + rows, n)
+            ids = np.arange(lo, hi)
+            try:
+                block = raw.read_chunk(lo // rows) if raw is not None else np.asarray(a[lo:hi])
+            except Exception as e:  # noqa: BLE001
+                problems.append(Problem(tuple(ids), f"{name}: {_rows_text(lo, hi)} (chunk "
+                                        f"{lo // rows}) unreadable: {_why(e)}"))
+                report.chunks_read += 1
+                continue
+            report.chunks_read += 1
+            if progress:
+                progress(report.chunks_read)
+            if block is None:  # never written: reads as NaN; nothing stored to compare
+                block = np.full((hi - lo, store.n_params), np.nan, np.float32)
+                stored = False
+            else:
+                stored = True
+            done = finished[lo:hi]
+            if stored and crcs is not None:
+                want = crcs[lo:hi, col]
+                check = done & (want != NO_CHECKSUM)
+                if check.any():
+                    got = row_crc32c(block[check])
+                    report.rows_checksummed += int(check.sum())
+                    for i in ids[check][got != want[check]]:
+                        problems.append(Problem((int(i),), f"{name}: {_rows_text(i, i + 1)} "
+                                                f"does not match the checksum recorded when "
+                                                f"it was written"))
+                if col == 0:
+                    report.rows_without_checksum += int((done & (want == NO_CHECKSUM)).sum())
+            elif col == 0 and crcs is None:
+                report.rows_without_checksum += int(done.sum())
+            finite = np.isfinite(block).all(axis=1)
+            must_be_finite = done & (status[lo:hi] != STATUS_DIVERGED) if col == 0 else done
+            for i in ids[must_be_finite & ~finite]:
+                problems.append(Problem((int(i),), f"{name}: {_rows_text(i, i + 1)} "
+                                        f"({STATUS_NAMES.get(int(status[i]), '?')}) has "
+                                        f"non-finite values"))
+            has_data[lo:hi] |= ~np.isnan(block).all(axis=1)
+
+    problems.extend(_consistency(store, data, finished, unreadable, has_data))
+    problems.sort(key=lambda p: (min(p.rows, default=-1), p.message))
+    return report
+
+
+def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
+                 unreadable: np.ndarray, has_weights: np.ndarray) -> list[Problem]:
+    """Status, epochs, task, accuracy and loss curve of each row against each other."""
+    recipe = store.attrs["config"].get("recipe", {})
+    cap = recipe.get("max_epochs")
+    threshold = recipe.get("threshold")
+    k = len(store.attrs["task_names"])
+    n = store.n_nets
+    status, epochs, task = data["status"], data["epochs"], data["task"]
+    acc = data["val_accuracy"][:, 0] if data["val_accuracy"].shape[1] else np.full(n, np.nan)
+    curve = data["loss_curve"]
+    ids = np.arange(n)
+    out: list[Problem] = []
+
+    def each(mask, text):
+        for i in ids[mask]:
+            out.append(Problem((int(i),), f"{_rows_text(i, i + 1)}: {text(int(i))}"))
+
+    name = lambda i: STATUS_NAMES.get(int(status[i]), str(status[i]))  # noqa: E731
+    each(~np.isin(status, list(STATUS_NAMES)), lambda i: f"unknown status code {status[i]}")
+    known = finished & np.isin(status, list(STATUS_NAMES))
+    each(known & (epochs < 1), lambda i: f"{name(i)} but trained {epochs[i]} epochs")
+    if k:
+        each(known & (task != ids % k), lambda i: f"task {task[i]}, but net n trains task "
+                                                  f"n mod {k} = {i % k}")
+    if cap is not None:
+        each(known & (epochs > cap), lambda i: f"{name(i)} after {epochs[i]} epochs, past the "
+                                               f"cap of {cap}")
+        each(known & (status == STATUS_CAPPED) & (epochs != cap) & (epochs >= 1),
+             lambda i: f"capped after {epochs[i]} epochs, not at the cap of {cap}")
+    if threshold is not None:
+        low = known & (status == STATUS_CONVERGED) & ~(acc >= threshold)
+        each(low, lambda i: f"converged with validation accuracy {acc[i]:.4f}, below the "
+                            f"threshold {threshold}")
+    if cap is not None and curve.shape[1] == cap:  # one logged loss per epoch
+        trained = np.arange(cap)[None, :] < epochs[:, None]  # (N, E)
+        finite = np.isfinite(curve)
+        bad = known & np.isin(status, (STATUS_CONVERGED, STATUS_CAPPED)) & (
+            (trained & ~finite).any(axis=1) | (~trained & finite).any(axis=1))
+        each(bad, lambda i: f"{name(i)} after {epochs[i]} epochs, but its loss curve has "
+                            f"{int(finite[i].sum())} finite values")
+    pending = (status == STATUS_PENDING) & ~unreadable
+    stray = pending & (has_weights | (epochs != 0) | np.isfinite(acc)
+                       | np.isfinite(curve).any(axis=1))
+    each(stray, lambda i: "pending but holds data (a write interrupted before its status; "
+                          "`mlds generate` redoes it)")
+    return out
