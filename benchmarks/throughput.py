@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                 # everything, about 10 minutes on 2 cores
     python benchmarks/throughput.py --slots 1 64    # only these population sizes
     python benchmarks/throughput.py --no-torch      # skip the PyTorch baselines
+    python benchmarks/throughput.py --config ds3 --slots 1 8 32   # DS3 (LSTM) shapes
 
 What is timed, all on the release recipe's shapes (configs/ds1.toml: network, sequence
 length, batch size; `--epoch-sequences` sequences per timed epoch):
@@ -33,22 +34,22 @@ import subprocess
 import sys
 import time
 
-# One DS1 sequence-step forward and backward (issue 3): about 3x the forward FLOPs.
-FLOPS_PER_SEQ_STEP = 24_100
+# One sequence-step forward and backward (issues 3 and 4): about 3x the forward FLOPs.
+FLOPS_PER_SEQ_STEP = {"ds1": 24_100, "ds3": 808_000}
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_cfg(epoch_sequences: int):
+def bench_cfg(config: str, epoch_sequences: int):
     from mlds_jax.config import load_config
 
-    return load_config("ds1", [f"recipe.train_sequences={epoch_sequences}",
-                               "recipe.check_every=1", "recipe.max_epochs=1000"])
+    return load_config(config, [f"recipe.train_sequences={epoch_sequences}",
+                                "recipe.check_every=1", "recipe.max_epochs=1000"])
 
 
-def jax_one(slots: int, epoch_sequences: int, repeats: int) -> dict:
+def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int) -> dict:
     """Time one population size in this process."""
     import jax
     import jax.numpy as jnp
@@ -56,7 +57,7 @@ def jax_one(slots: int, epoch_sequences: int, repeats: int) -> dict:
     from mlds_jax import train
     from mlds_jax.generate import task_data
 
-    cfg = bench_cfg(epoch_sequences)
+    cfg = bench_cfg(config, epoch_sequences)
     r = cfg.recipe
     data = task_data(cfg)
     pop = train.Population(cfg, data, slots)
@@ -91,7 +92,7 @@ def torch_worker(kind: str, seconds: float, epoch_sequences: int, queue) -> None
     from mlds_jax.torch_export import TorchNet
 
     torch.set_num_threads(1)
-    cfg = bench_cfg(epoch_sequences)
+    cfg = bench_cfg("ds1", epoch_sequences)
     r = cfg.recipe
     d = make_task_data(0, 2, train_sequences=r.train_sequences, train_length=r.train_length,
                        val_sequences=8, val_length=8, write_probability=r.write_probability)
@@ -193,6 +194,8 @@ def mean_epochs(store: str | None, cap: int) -> tuple[float, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="ds1", choices=sorted(FLOPS_PER_SEQ_STEP),
+                    help="dataset recipe whose shapes are timed (torch baselines: ds1 only)")
     ap.add_argument("--slots", type=int, nargs="+", default=[1, 64, 256, 1024])
     ap.add_argument("--epoch-sequences", type=int, default=256,
                     help="sequences per timed epoch (shapes are the release recipe's)")
@@ -205,7 +208,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.one is not None:
-        print(json.dumps(jax_one(args.one, args.epoch_sequences, args.repeats)))
+        print(json.dumps(jax_one(args.config, args.one, args.epoch_sequences, args.repeats)))
         return
 
     from rich.console import Console
@@ -213,28 +216,29 @@ def main() -> None:
 
     from mlds_jax.config import load_config
 
-    release = load_config("ds1").recipe
+    release = load_config(args.config).recipe
     rows = []
     for m in args.slots:
-        cmd = [sys.executable, __file__, "--one", str(m), "--epoch-sequences",
-               str(args.epoch_sequences), "--repeats", str(args.repeats)]
+        cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
+               "--epoch-sequences", str(args.epoch_sequences), "--repeats", str(args.repeats)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  {rows[-1]['name']}: {rows[-1]['seq_steps_per_s']:,.0f} seq-steps/s", flush=True)
-    if not args.no_torch:
+    if not args.no_torch and args.config == "ds1":
         for kind in ("torch-1", "torch-func"):
             rows.append(torch_bench(kind, args.torch_seconds, args.epoch_sequences))
             print(f"  {rows[-1]['name']}: {rows[-1]['seq_steps_per_s']:,.0f} seq-steps/s",
                   flush=True)
     gflops = matmul_gflops()
-    ceiling = gflops * 1e9 / FLOPS_PER_SEQ_STEP
+    flops = FLOPS_PER_SEQ_STEP[args.config]
+    ceiling = gflops * 1e9 / flops
     epochs, source = mean_epochs(args.store, release.max_epochs)
     per_net = release.train_sequences * release.train_length * epochs
 
     best_jax = max((r for r in rows if r["name"].startswith("jax")),
                    key=lambda r: r["seq_steps_per_s"])
     by_name = {r["name"].split(" x")[0]: r for r in rows}
-    table = Table(title=f"DS1 training throughput ({os.cpu_count()} cores, "
+    table = Table(title=f"{args.config.upper()} training throughput ({os.cpu_count()} cores, "
                         f"{best_jax['device']}); nets/h at {epochs:.0f} epochs/net ({source})")
     for col in ("trainer", "seq-steps/s", "nets/h", "compile s", "peak MB",
                 "x torch-1", "x torch-func", "% matmul ceiling"):
@@ -251,8 +255,8 @@ def main() -> None:
         )
     Console(width=140).print(table)
     print(f"matmul: {gflops:.0f} GFLOP/s fp32 -> ceiling {ceiling:,.0f} seq-steps/s "
-          f"at {FLOPS_PER_SEQ_STEP} FLOPs per seq-step")
-    print(f"all 50,000 DS1 nets at the best rate: "
+          f"at {flops:,} FLOPs per seq-step")
+    print(f"all 50,000 {args.config.upper()} nets at the best rate: "
           f"{50_000 * per_net / best_jax['seq_steps_per_s'] / 3600:,.1f} h")
     if args.json:
         with open(args.json, "w") as f:
