@@ -80,6 +80,10 @@ class RunOptions:
     memory_budget_mb: int = 2048  # for choosing slots when slots = 0
     chunk_rows: int = 64  # store rows per chunk along N (a new store only)
     val_batch: int = 64  # validation sequences evaluated at once per net
+    # When every row of the store is finished, rewrite the weights as one block so that
+    # `open_dataset(...).weights_memmap()` is one zero-copy [N, P] map (undone automatically
+    # before the store is extended).
+    pack: bool = True
 
     def __post_init__(self):
         if self.slots < 0:

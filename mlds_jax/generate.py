@@ -23,7 +23,8 @@ from mlds_jax.data import (
     make_dataset_data,
     make_trigger_dataset_data,
 )
-from mlds_jax.store import DatasetStore
+from mlds_jax.rawrows import pack
+from mlds_jax.store import DatasetStore, StoreError
 from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train import FinishedNets, Population, choose_slots
 
@@ -130,6 +131,7 @@ def generate(
         raise ValueError(f"--per-task must be positive, got {per_task}")
     t0 = time.perf_counter()
     total = cfg.num_tasks * per_task
+    _unpack_if_work_left(out, total, overwrite)
     store = open_store(cfg, out, total, overwrite)
     todo = store.pending(total)
     slots = choose_slots(cfg, len(todo)) if len(todo) else 0
@@ -143,4 +145,19 @@ def generate(
             trained += len(done)
             if on_progress:
                 on_progress(done)
+    if cfg.run.pack and not len(store.pending()):
+        pack(store.path)  # complete: weights become one memory-mappable block
     return RunReport(total, total - len(todo), trained, slots, time.perf_counter() - t0)
+
+
+def _unpack_if_work_left(out: str | Path, total: int, overwrite: bool) -> None:
+    """A packed store (complete when it was packed) goes back to the chunked layout the
+    generator writes before it is extended or, after a partial unpack, resumed."""
+    if overwrite or not (Path(out) / "zarr.json").is_file():
+        return
+    try:
+        store = DatasetStore.open(out, mode="r")
+    except StoreError:
+        return  # open_or_create reports what is wrong with it
+    if store.packed and (total > store.n_nets or len(store.pending())):
+        pack(out, unpack=True)

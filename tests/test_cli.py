@@ -112,11 +112,15 @@ def test_bigger_tier_extends_the_store(tmp_path, reference):
     mlds("generate", "smoke", "--out", str(out), "--per-task", "1", "--no-progress")
     small = read_all(out)
     assert small["status"].shape == (5,)
+    # A complete store is packed: one zero-copy memory map of all weights.
+    np.testing.assert_array_equal(mlds_jax.open_dataset(out).weights_memmap(), small["weights"])
     grown = mlds("generate", "smoke", "--out", str(out), "--per-task", "2", "--no-progress")
     assert "resuming: 5 of 10" in grown.stdout
     after, ref = read_all(out), read_all(reference)
     assert after["status"].shape == (10,)
     np.testing.assert_array_equal(after["weights"][:5], small["weights"])
+    # Unpacked to be extended, packed again once complete.
+    np.testing.assert_array_equal(mlds_jax.open_dataset(out).weights_memmap(), after["weights"])
     assert np.abs(after["weights"] - ref["weights"][:10]).max() <= 1e-5
 
 
