@@ -141,6 +141,8 @@ class DatasetStore:
             raise StoreError(f"no dataset store at {path}")
         if not (path / "zarr.json").is_file():
             raise StoreError(f"{path} is not a dataset store (no zarr.json)")
+        if mode == "r+":
+            _finish_interrupted_swap(path)
         try:
             group = zarr.open_group(LocalStore(path, read_only=mode == "r"), mode=mode,
                                     zarr_format=3)
@@ -427,6 +429,16 @@ def _first_difference(old, new, key: str = ""):
     same = old == new or (isinstance(old, float) and isinstance(new, float)
                           and np.isnan(old) and np.isnan(new))
     return None if same else (key or "config", old, new)
+
+
+def _finish_interrupted_swap(path: Path) -> None:
+    """(Un)packing swaps a weights array with two renames: ``name`` -> ``.name.old``, then
+    the checked ``.name.new`` -> ``name``. A run killed between them leaves no ``name``;
+    finish the swap (or undo it when ``.name.new`` is gone)."""
+    for name in WEIGHT_ARRAYS:
+        old, new = path / f".{name}.old", path / f".{name}.new"
+        if not (path / name).exists() and old.is_dir():
+            os.rename(new if new.is_dir() else old, path / name)
 
 
 def _looks_like_store(path: Path) -> bool:

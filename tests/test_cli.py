@@ -239,3 +239,19 @@ def test_overwrite_replaces_a_store(seeded_store):
     assert ds.config["recipe"]["learning_rate"] == 0.01
     assert (np.asarray(ds.status[:]) == 0).all()
     assert json.loads((seeded_store / "zarr.json").read_text())["zarr_format"] == 3
+
+
+def test_pack_killed_between_its_two_renames_is_finished_on_resume(tmp_path, reference):
+    """The only window in which a killed pack leaves the weights array missing."""
+    import shutil
+
+    out = tmp_path / "swap.zarr"
+    shutil.copytree(reference, out)
+    ref = read_all(reference)
+    os.rename(out / "weights", out / ".weights.old")  # killed right after the first rename
+    fails(["info", str(out)], "weights")  # a reader is told, nothing is changed
+    assert (out / ".weights.old").is_dir()
+    again = mlds("generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK))
+    assert f"resuming: {5 * PER_TASK} of {5 * PER_TASK}" in again.stdout
+    np.testing.assert_array_equal(read_all(out)["weights"], ref["weights"])
+    assert not (out / ".weights.old").exists()
