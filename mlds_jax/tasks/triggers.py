@@ -112,14 +112,8 @@ def trigger_commands(trigger) -> np.ndarray:
     return np.concatenate([np.ones((TRIGGER_LENGTH, 1), dtype=np.uint8), data], axis=-1)
 
 
-def write_trigger(inputs: np.ndarray, trigger, positions) -> np.ndarray:
-    """Write the trigger into every sequence at its given position.
-
-    inputs: (..., T, 9) commands; positions: (...) ints in 0 .. T-6 (one per sequence).
-    Steps p, p+1, p+2 of a sequence with position p become writes of the trigger bytes, so
-    the trigger completes at p+2 and steps p+3 .. p+5, all inside the sequence, are
-    inverted. Returns a new array of the inputs' dtype and shape; ``inputs`` is unchanged.
-    """
+def _trigger_room(inputs) -> tuple[np.ndarray, int]:
+    """Check (..., T, 9) commands with T long enough for a trigger; return them and T."""
     inputs = np.asarray(inputs)
     if inputs.ndim < 2 or inputs.shape[-1] != INPUT_BITS:
         raise ValueError(f"inputs must have shape (..., T, {INPUT_BITS}), got {inputs.shape}")
@@ -129,6 +123,18 @@ def write_trigger(inputs: np.ndarray, trigger, positions) -> np.ndarray:
             f"sequences must have at least {MIN_TRIGGER_SEQUENCE} steps to hold a trigger and "
             f"its inversion window, got T = {length}"
         )
+    return inputs, length
+
+
+def write_trigger(inputs: np.ndarray, trigger, positions) -> np.ndarray:
+    """Write the trigger into every sequence at its given position.
+
+    inputs: (..., T, 9) commands; positions: (...) ints in 0 .. T-6 (one per sequence).
+    Steps p, p+1, p+2 of a sequence with position p become writes of the trigger bytes, so
+    the trigger completes at p+2 and steps p+3 .. p+5, all inside the sequence, are
+    inverted. Returns a new array of the inputs' dtype and shape; ``inputs`` is unchanged.
+    """
+    inputs, length = _trigger_room(inputs)
     positions = np.asarray(positions)
     if positions.shape != inputs.shape[:-2]:
         raise ValueError(
@@ -156,14 +162,6 @@ def insert_trigger(
     inputs: (..., T, 9) commands with T >= 6. Each sequence's position p is uniform on
     0 .. T-6 (see :func:`write_trigger`). Returns (the new inputs, positions (...) int64).
     """
-    inputs = np.asarray(inputs)
-    if inputs.ndim < 2 or inputs.shape[-1] != INPUT_BITS:
-        raise ValueError(f"inputs must have shape (..., T, {INPUT_BITS}), got {inputs.shape}")
-    length = inputs.shape[-2]
-    if length < MIN_TRIGGER_SEQUENCE:
-        raise ValueError(
-            f"sequences must have at least {MIN_TRIGGER_SEQUENCE} steps to hold a trigger and "
-            f"its inversion window, got T = {length}"
-        )
+    inputs, length = _trigger_room(inputs)
     positions = rng.integers(0, length - MIN_TRIGGER_SEQUENCE + 1, size=inputs.shape[:-2])
     return write_trigger(inputs, trigger, positions), positions
