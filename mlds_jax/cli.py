@@ -212,8 +212,8 @@ def verify(path):
 @click.option("--unpack", is_flag=True, help="Back to chunks of rows (to resume or extend).")
 def pack(path, unpack):
     """Store the weights of the finished store at PATH as one [N, P] block each, so that
-    open_dataset(PATH).weights_memmap() maps them zero-copy. A packed store is read-only
-    for `mlds generate` until --unpack."""
+    open_dataset(PATH).weights_memmap() maps them zero-copy. `mlds generate` does this when a
+    store is complete and undoes it before extending one; --unpack undoes it by hand."""
     from mlds_jax.rawrows import pack as run_pack
 
     try:

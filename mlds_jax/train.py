@@ -103,10 +103,15 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
     )
 
 
+def _logits(cfg: DatasetConfig, params, xs):
+    """One net on a batch of sequences: (B, T, I) -> (B, T, O)."""
+    return jax.vmap(functools.partial(models.apply, cfg.network, params))(xs)
+
+
 def _loss(cfg: DatasetConfig, params, xs, ys):
     """Mean loss of one net on a batch of sequences: binary cross-entropy over (B, T, O)
     output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols."""
-    logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(xs)
+    logits = _logits(cfg, params, xs)
     if cfg.symbols:
         return optax.softmax_cross_entropy(logits, ys).mean()
     return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
@@ -158,9 +163,7 @@ def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> ja
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
 
     def correct(a, idx):
-        logits = jax.vmap(functools.partial(models.apply, cfg.network, params))(
-            data.val_inputs[task, a, idx]
-        )
+        logits = _logits(cfg, params, data.val_inputs[task, a, idx])
         return _correct(cfg, logits, data.val_targets[task, a, idx])
 
     chunks = jnp.arange(n).reshape(n // vb, vb)
