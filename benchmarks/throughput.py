@@ -42,14 +42,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_cfg(config: str, epoch_sequences: int):
+def bench_cfg(config: str, epoch_sequences: int, recurrence: str = "auto"):
     from mlds_jax.config import load_config
 
     return load_config(config, [f"recipe.train_sequences={epoch_sequences}",
-                                "recipe.check_every=1", "recipe.max_epochs=1000"])
+                                "recipe.check_every=1", "recipe.max_epochs=1000",
+                                f"run.recurrence={recurrence}"])
 
 
-def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int) -> dict:
+def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
+            recurrence: str) -> dict:
     """Time one population size in this process."""
     import jax
     import jax.numpy as jnp
@@ -57,7 +59,7 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int) -> dict
     from mlds_jax import train
     from mlds_jax.generate import task_data
 
-    cfg = bench_cfg(config, epoch_sequences)
+    cfg = bench_cfg(config, epoch_sequences, recurrence)
     r = cfg.recipe
     data = task_data(cfg)
     pop = train.Population(cfg, data, slots)
@@ -75,7 +77,7 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int) -> dict
         times.append(time.perf_counter() - t0)
     seq_steps = slots * r.train_sequences * r.train_length
     best = min(times)
-    out = {"name": f"jax M={slots}", "slots": slots, "compile_s": compile_s,
+    out = {"name": f"jax M={slots} {pop.recurrence}", "slots": slots, "compile_s": compile_s,
            "seconds": best, "seq_steps_per_s": seq_steps / best, "peak_mb": peak_rss_mb(),
            "device": str(jax.devices()[0].platform)}
     if out["device"] != "cpu":
@@ -200,6 +202,9 @@ def main() -> None:
     ap.add_argument("--epoch-sequences", type=int, default=256,
                     help="sequences per timed epoch (shapes are the release recipe's)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--recurrence", nargs="+", default=["auto", "xla"],
+                    choices=["auto", "xla", "cpu-kernel"],
+                    help="GRU recurrence(s) to time (auto: the CPU kernel on CPU)")
     ap.add_argument("--torch-seconds", type=float, default=20.0)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--store", help="learnability store for mean epochs per net")
@@ -208,7 +213,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.one is not None:
-        print(json.dumps(jax_one(args.config, args.one, args.epoch_sequences, args.repeats)))
+        print(json.dumps(jax_one(args.config, args.one, args.epoch_sequences, args.repeats,
+                                 args.recurrence[0])))
         return
 
     from rich.console import Console
@@ -217,13 +223,19 @@ def main() -> None:
     from mlds_jax.config import load_config
 
     release = load_config(args.config).recipe
-    rows = []
-    for m in args.slots:
-        cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
-               "--epoch-sequences", str(args.epoch_sequences), "--repeats", str(args.repeats)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"  {rows[-1]['name']}: {rows[-1]['seq_steps_per_s']:,.0f} seq-steps/s", flush=True)
+    rows, seen = [], set()
+    for recurrence in args.recurrence:
+        for m in args.slots:
+            cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
+                   "--epoch-sequences", str(args.epoch_sequences), "--repeats",
+                   str(args.repeats), "--recurrence", recurrence]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            if row["name"] in seen:  # "auto" resolved to one already timed
+                continue
+            seen.add(row["name"])
+            rows.append(row)
+            print(f"  {row['name']}: {row['seq_steps_per_s']:,.0f} seq-steps/s", flush=True)
     if not args.no_torch and args.config == "ds1":
         for kind in ("torch-1", "torch-func"):
             rows.append(torch_bench(kind, args.torch_seconds, args.epoch_sequences))

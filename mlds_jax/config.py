@@ -84,8 +84,16 @@ class RunOptions:
     # `open_dataset(...).weights_memmap()` is one zero-copy [N, P] map (undone automatically
     # before the store is extended).
     pack: bool = True
+    # The GRU recurrence: "cpu-kernel" (compiled CPU kernel, several times faster on CPU),
+    # "xla" (lax.scan, any backend), or "auto" (the kernel where it applies). Same results
+    # to float rounding, so not part of the dataset's identity.
+    recurrence: str = "auto"
 
     def __post_init__(self):
+        if self.recurrence not in ("auto", "xla", "cpu-kernel"):
+            raise ConfigError(
+                f"run.recurrence must be one of auto, xla, cpu-kernel, got {self.recurrence!r}"
+            )
         if self.slots < 0:
             raise ConfigError(f"run.slots must be >= 0 (0: from the memory budget), got {self.slots}")
         for name in ("memory_budget_mb", "chunk_rows", "val_batch"):

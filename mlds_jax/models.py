@@ -1,10 +1,16 @@
 """The dataset networks, in PyTorch's parameter layout, and the flat-vector layout table.
 
-A network maps one sequence `(T, input_size)` to one logit vector per step
-`(T, output_size)`: a stack of recurrent layers (GRU or LSTM with `torch.nn.GRU` /
-`torch.nn.LSTM` equations, gate order and parameter shapes) followed by a stack of linear
-layers with one activation between them. Batch and net axes come from `vmap` at the call
-site; nothing here knows about them.
+A network maps a batch of sequences `(B, T, input_size)` (or one sequence `(T,
+input_size)`) to one logit vector per step `(B, T, output_size)`: a stack of recurrent
+layers (GRU or LSTM with `torch.nn.GRU` / `torch.nn.LSTM` equations, gate order and
+parameter shapes) followed by a stack of linear layers with one activation between them.
+Inside, a batch is laid out (features, T, B) so the recurrence works on whole feature
+rows of B sequences. The net axis comes from `vmap` at the call site; nothing here knows
+about it.
+
+The GRU recurrence has two implementations with the same results: `"xla"` (a `lax.scan`,
+any backend) and `"cpu-kernel"` (`cpu_kernel.gru_layer`, a compiled CPU kernel that is
+several times faster on CPU). `choose_recurrence` picks one.
 
 Every net is stored as one flat float32 vector. `param_layout` says where each tensor
 lives in it, in the order of the equivalent PyTorch module's `state_dict`, so
@@ -22,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlds_jax import cpu_kernel
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -31,6 +39,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),  # torch.nn.LeakyReLU() default
 }
 CELLS = ("gru", "lstm")
+RECURRENCES = ("auto", "xla", "cpu-kernel")
 GATES = {"gru": 3, "lstm": 4}  # r, z, n  /  i, f, g, o
 
 
@@ -135,8 +144,9 @@ def unflatten_params(flat, layout: Sequence[ParamSpec]) -> dict:
 
 
 def gru_cell(w_hh, b_hh, h, xi):
-    """One GRU step, `torch.nn.GRU` equations. `xi = W_ih x + b_ih`, (3H,); h: (H,)."""
-    hh = w_hh @ h + b_hh
+    """One GRU step, `torch.nn.GRU` equations, for B sequences. `xi = W_ih x + b_ih`,
+    (3H, B); h: (H, B)."""
+    hh = w_hh @ h + b_hh[:, None]
     xr, xz, xn = jnp.split(xi, 3)
     hr, hz, hn = jnp.split(hh, 3)
     r = jax.nn.sigmoid(xr + hr)
@@ -146,40 +156,65 @@ def gru_cell(w_hh, b_hh, h, xi):
 
 
 def lstm_cell(w_hh, b_hh, carry, xi):
-    """One LSTM step, `torch.nn.LSTM` equations. `xi = W_ih x + b_ih`, (4H,); carry: (h, c)."""
+    """One LSTM step, `torch.nn.LSTM` equations, for B sequences. `xi = W_ih x + b_ih`,
+    (4H, B); carry: (h, c), each (H, B)."""
     h, c = carry
-    i, f, g, o = jnp.split(xi + w_hh @ h + b_hh, 4)
+    i, f, g, o = jnp.split(xi + w_hh @ h + b_hh[:, None], 4)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return h, c
 
 
-def recurrent_layer(cell: str, p: dict, layer: int, xs):
-    """One recurrent layer over a whole sequence: xs (T, in) -> (T, H), zero initial state.
+def recurrent_layer(cell: str, p: dict, layer: int, xs, recurrence: str = "xla"):
+    """One recurrent layer over a batch of sequences: xs (in, T, B) -> (H, T, B), zero
+    initial state.
 
-    The input projection is computed for all T steps at once; only `W_hh h` stays in the
-    sequential scan.
+    With `recurrence="xla"` the input projection is computed for all T steps at once and
+    only `W_hh h` stays in the sequential scan; `"cpu-kernel"` (GRU only) runs the whole
+    layer in the compiled kernel.
     """
     w_ih, w_hh = p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]
     b_ih, b_hh = p[f"bias_ih_l{layer}"], p[f"bias_hh_l{layer}"]
-    xi = xs @ w_ih.T + b_ih[None, :]  # (T, gH)
-    hidden = w_hh.shape[1]
+    if recurrence == "cpu-kernel":
+        return cpu_kernel.gru_layer(w_ih, w_hh, b_ih, b_hh, xs)
+    xi = jnp.einsum("gi,itb->tgb", w_ih, xs) + b_ih[None, :, None]  # (T, gH, B)
+    zeros = jnp.zeros((w_hh.shape[1], xs.shape[-1]), xs.dtype)
     if cell == "gru":
 
         def step(h, xi_t):
             h = gru_cell(w_hh, b_hh, h, xi_t)
             return h, h
 
-        init = jnp.zeros((hidden,), xs.dtype)
+        init = zeros
     else:
 
         def step(carry, xi_t):
             carry = lstm_cell(w_hh, b_hh, carry, xi_t)
             return carry, carry[0]
 
-        init = (jnp.zeros((hidden,), xs.dtype), jnp.zeros((hidden,), xs.dtype))
-    _, hs = jax.lax.scan(step, init, xi)
-    return hs
+        init = (zeros, zeros)
+    _, hs = jax.lax.scan(step, init, xi)  # (T, H, B)
+    return jnp.moveaxis(hs, 0, 1)
+
+
+def choose_recurrence(cfg: NetworkConfig, requested: str = "auto") -> str:
+    """The recurrence implementation to train with: `"cpu-kernel"` where it applies (GRU
+    nets on a CPU backend, kernel built), else `"xla"`. Asking for `"cpu-kernel"` where it
+    cannot run raises ValueError saying why."""
+    if requested not in RECURRENCES:
+        raise ValueError(f"recurrence must be one of {RECURRENCES}, got {requested!r}")
+    if requested == "xla":
+        return "xla"
+    why = None
+    if not cpu_kernel.supports(cfg.cell, cfg.hidden_size, cfg.input_size):
+        why = f"the CPU kernel runs GRU layers up to width {cpu_kernel.MAX_WIDTH}"
+    elif jax.default_backend() != "cpu":
+        why = f"the CPU kernel runs on the CPU backend, not {jax.default_backend()}"
+    elif not cpu_kernel.available():
+        why = f"the CPU kernel is unavailable: {cpu_kernel.unavailable_reason()}"
+    if why and requested == "cpu-kernel":
+        raise ValueError(why)
+    return "xla" if why else "cpu-kernel"
 
 
 def _uniform(bound: float):
@@ -190,30 +225,35 @@ def _uniform(bound: float):
 
 
 class RNNClassifier(nn.Module):
-    """Recurrent stack + linear head for one sequence: (T, input_size) -> (T, output_size).
+    """Recurrent stack + linear head: (B, T, input_size) -> (B, T, output_size), or one
+    sequence (T, input_size) -> (T, output_size).
 
     Parameters use PyTorch's shapes and default initialisation (every tensor uniform in
     +-1/sqrt(fan_in); for the recurrent layers fan_in is the hidden size).
     """
 
     cfg: NetworkConfig
+    recurrence: str = "xla"  # "xla" | "cpu-kernel" (see choose_recurrence)
 
     @nn.compact
     def __call__(self, xs):
         cfg = self.cfg
-        rnn = _RecurrentStack(cfg, name="rnn")
-        y = rnn(xs)
+        one = xs.ndim == 2
+        y = jnp.transpose(xs[None] if one else xs, (2, 1, 0))  # (I, T, B)
+        y = _RecurrentStack(cfg, self.recurrence, name="rnn")(y)
         widths = (cfg.hidden_size, *cfg.head_sizes, cfg.output_size)
         act = ACTIVATIONS[cfg.activation]
         for i in range(len(widths) - 1):
             y = _Linear(widths[i], widths[i + 1], name=f"head_{i}")(y)
             if i < len(widths) - 2:
                 y = act(y)
-        return y
+        y = jnp.transpose(y, (2, 1, 0))  # (B, T, O)
+        return y[0] if one else y
 
 
 class _RecurrentStack(nn.Module):
     cfg: NetworkConfig
+    recurrence: str
 
     @nn.compact
     def __call__(self, xs):
@@ -228,12 +268,13 @@ class _RecurrentStack(nn.Module):
             p[f"bias_ih_l{layer}"] = self.param(f"bias_ih_l{layer}", init, (g,))
             p[f"bias_hh_l{layer}"] = self.param(f"bias_hh_l{layer}", init, (g,))
         for layer in range(cfg.num_layers):
-            xs = recurrent_layer(cfg.cell, p, layer, xs)
+            xs = recurrent_layer(cfg.cell, p, layer, xs, self.recurrence)
         return xs
 
 
 class _Linear(nn.Module):
-    """`torch.nn.Linear`: weight (out, in), bias (out,)."""
+    """`torch.nn.Linear`: weight (out, in), bias (out,); features on axis 0: (in, ...) ->
+    (out, ...)."""
 
     fan_in: int
     fan_out: int
@@ -243,8 +284,8 @@ class _Linear(nn.Module):
         init = _uniform(1.0 / math.sqrt(self.fan_in))
         w = self.param("weight", init, (self.fan_out, self.fan_in))
         b = self.param("bias", init, (self.fan_out,))
-        y = x @ w.T
-        return y + jnp.broadcast_to(b, y.shape)
+        y = jnp.tensordot(w, x, axes=(1, 0))
+        return y + b.reshape((-1,) + (1,) * (y.ndim - 1))
 
 
 def init_params(cfg: NetworkConfig, key: jax.Array) -> dict:
@@ -253,9 +294,10 @@ def init_params(cfg: NetworkConfig, key: jax.Array) -> dict:
     return RNNClassifier(cfg).init(key, dummy)["params"]
 
 
-def apply(cfg: NetworkConfig, params: dict, xs):
-    """One net on one sequence: xs (T, input_size) -> logits (T, output_size)."""
-    return RNNClassifier(cfg).apply({"params": params}, xs)
+def apply(cfg: NetworkConfig, params: dict, xs, recurrence: str = "xla"):
+    """One net on a batch of sequences, xs (B, T, input_size) -> logits (B, T,
+    output_size), or on one sequence (T, input_size) -> (T, output_size)."""
+    return RNNClassifier(cfg, recurrence).apply({"params": params}, xs)
 
 
 def to_numpy_state_dict(flat: np.ndarray, layout: Sequence[ParamSpec]) -> dict[str, np.ndarray]:

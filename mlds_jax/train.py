@@ -105,7 +105,8 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
 
 def _logits(cfg: DatasetConfig, params, xs):
     """One net on a batch of sequences: (B, T, I) -> (B, T, O)."""
-    return jax.vmap(functools.partial(models.apply, cfg.network, params))(xs)
+    recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
+    return models.apply(cfg.network, params, xs, recurrence)
 
 
 def _loss(cfg: DatasetConfig, params, xs, ys):
@@ -243,6 +244,7 @@ class Population:
         self.cfg = cfg
         self.slots = slots
         self.layout = models.param_layout(cfg.network)
+        self.recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
         self.data = TrainData.from_task_data(data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
 

@@ -1,0 +1,155 @@
+"""The GRU layer as a compiled CPU kernel (XLA FFI), for training on CPU.
+
+On CPU, XLA runs the time loop of our tiny nets far below the machine's arithmetic rate
+(see benchmarks/throughput.py and csrc/gru.cc). `gru_layer` computes exactly what
+`models.recurrent_layer` computes for a GRU, in one custom call per layer and direction:
+the forward pass and the backward pass through time, with sequences in the SIMD lanes.
+It is a `jax.custom_vjp`, so `grad`, `vmap` and `jit` work as usual (vmapped axes become
+leading net axes of the call).
+
+The C++ source ships with the package and is compiled on first use with the system's C++
+compiler for this machine's CPU, into a per-user cache keyed by the source, the flags, the
+compiler, jaxlib and the CPU; later processes load the cached library. Where that fails
+(no compiler, another OS), `available()` is False, says why in `unavailable_reason()`, and
+the trainer stays on the XLA recurrence. Set MLDS_JAX_CPU_KERNEL=0 to never build or use it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+SOURCE = Path(__file__).parent / "csrc" / "gru.cc"
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
+TARGETS = {"mlds_gru_forward": "MldsGruForward", "mlds_gru_backward": "MldsGruBackward"}
+MAX_WIDTH = 128  # kMaxWidth in gru.cc: hidden and input sizes the kernel takes
+
+
+class KernelUnavailable(RuntimeError):
+    pass
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MLDS_JAX_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(root or Path.home() / ".cache") / "mlds_jax"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a library built here must not load on another CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise KernelUnavailable("no C++ compiler found (set CXX, or install g++)")
+    return cxx
+
+
+def _build() -> Path:
+    """The compiled library for this machine, built now if the cache lacks it."""
+    import jaxlib
+
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, jaxlib.__version__,
+                   _cpu_signature()]).encode()
+    ).hexdigest()[:16]
+    lib = _cache_dir() / f"gru-{key}.so"
+    if lib.exists():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent processes never load a partial file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    os.close(fd)
+    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        raise KernelUnavailable(f"compiling {SOURCE.name} failed:\n{done.stderr[-2000:]}")
+    os.replace(tmp, lib)
+    return lib
+
+
+@functools.cache
+def _load() -> str | None:
+    """Build, load and register the kernel once per process; the reason if that failed."""
+    if os.environ.get("MLDS_JAX_CPU_KERNEL", "1") == "0":
+        return "disabled by MLDS_JAX_CPU_KERNEL=0"
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(_build()))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
+    except (KernelUnavailable, OSError, AttributeError, subprocess.SubprocessError) as err:
+        return str(err)
+    return None
+
+
+def available() -> bool:
+    """Whether the kernel is built and registered (building it on the first call)."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    return _load()
+
+
+def supports(cell: str, hidden_size: int, input_size: int) -> bool:
+    """Whether a layer of this shape can run on the kernel."""
+    return cell == "gru" and max(hidden_size, input_size) <= MAX_WIDTH
+
+
+def _f32(shape) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _forward(w_ih, w_hh, b_ih, b_hh, xs):
+    if (reason := _load()) is not None:
+        raise KernelUnavailable(reason)
+    hidden, (t, b) = w_hh.shape[-1], xs.shape[-2:]
+    lead = xs.shape[:-3]
+    call = jax.ffi.ffi_call(
+        "mlds_gru_forward", (_f32(lead + (hidden, t, b)), _f32(lead + (4, hidden, t, b))),
+        vmap_method="broadcast_all",
+    )
+    return call(w_ih, w_hh, b_ih, b_hh, xs)
+
+
+@jax.custom_vjp
+def gru_layer(w_ih, w_hh, b_ih, b_hh, xs):
+    """One GRU layer over a batch of sequences in the (features, T, B) layout:
+    xs (I, T, B) -> hs (H, T, B), zero initial state, `torch.nn.GRU` equations."""
+    return _forward(w_ih, w_hh, b_ih, b_hh, xs)[0]
+
+
+def _gru_fwd(w_ih, w_hh, b_ih, b_hh, xs):
+    hs, saved = _forward(w_ih, w_hh, b_ih, b_hh, xs)
+    return hs, (w_ih, w_hh, xs, hs, saved)
+
+
+def _gru_bwd(res, dhs):
+    w_ih, w_hh, xs, hs, saved = res
+    shapes = (w_ih.shape, w_hh.shape, w_ih.shape[:-1], w_hh.shape[:-1], xs.shape)
+    call = jax.ffi.ffi_call("mlds_gru_backward", tuple(_f32(s) for s in shapes),
+                            vmap_method="broadcast_all")
+    return tuple(call(w_ih, w_hh, xs, hs, saved, dhs))
+
+
+gru_layer.defvjp(_gru_fwd, _gru_bwd)
