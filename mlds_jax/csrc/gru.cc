@@ -187,24 +187,62 @@ void ForwardBlock(const Net& net, const float* X, float* HS, float* S, int64_t n
   }
 }
 
-// Gradient accumulators of one net, one lane per sequence; summed over lanes at the end.
+float SumLanes(Vec v) {
+  float s = 0.f;
+  for (int64_t b = 0; b < kBlock; ++b) s += v[b];
+  return s;
+}
+
+inline int64_t RoundUp4(int64_t n) { return (n + 3) / 4 * 4; }
+
+// out[r * C + c] += sum over t < T and lanes of A[t * Ap + r] * Bm[t * Bp + c], for r < R,
+// c < C: a weight gradient as one pass over the sequence, 4x4 accumulators in registers.
+// Rows are padded with zeros up to Ap >= RoundUp4(R) and Bp >= RoundUp4(C).
+void AccumulateOuter(const Vec* A, int64_t Ap, int64_t R, const Vec* Bm, int64_t Bp, int64_t C,
+                     int64_t T, float* out) {
+  for (int64_t r0 = 0; r0 < R; r0 += 4) {
+    for (int64_t c0 = 0; c0 < C; c0 += 4) {
+      Vec a[4][4] = {};
+      for (int64_t t = 0; t < T; ++t) {
+        const Vec* pa = A + t * Ap + r0;
+        const Vec* pb = Bm + t * Bp + c0;
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) a[i][j] += pa[i] * pb[j];
+      }
+      for (int i = 0; i < 4 && r0 + i < R; ++i)
+        for (int j = 0; j < 4 && c0 + j < C; ++j) out[(r0 + i) * C + c0 + j] += SumLanes(a[i][j]);
+    }
+  }
+}
+
+// Weight gradients of one net, and per-block scratch: per step, the gradients of the gate
+// pre-activations (dxi: of W_ih x + b_ih; dhh: of W_hh h + b_hh), the previous hidden
+// state and the input, each row zero-padded to a multiple of 4.
 struct Grads {
-  std::vector<Vec> w_ih, w_hh, b_ih, b_hh;
-  Grads(int64_t H, int64_t I) : w_ih(3 * H * I), w_hh(3 * H * H), b_ih(3 * H), b_hh(3 * H) {}
+  int64_t G, Gp, Hp, Ip;
+  std::vector<float> w_ih, w_hh, b_ih, b_hh;
+  std::vector<Vec> dxi, dhh, hp, x;
+  Grads(int64_t H, int64_t I, int64_t T)
+      : G(3 * H), Gp(RoundUp4(3 * H)), Hp(RoundUp4(H)), Ip(RoundUp4(I)),
+        w_ih(3 * H * I), w_hh(3 * H * H), b_ih(3 * H), b_hh(3 * H),
+        dxi(T * Gp), dhh(T * Gp), hp(T * Hp), x(T * Ip) {}
 };
 
 // One block of sequences of one net through the backward recurrence; adds the block's
 // weight gradients to `acc` and writes its input gradient.
 void BackwardBlock(const Net& net, const float* X, const float* HS, const float* S,
                    const float* DHS, float* DX, Grads& acc, int64_t nb) {
-  const int64_t H = net.H, I = net.I, T = net.T, B = net.B, TB = T * B;
-  Vec dh[kMaxWidth], hp[kMaxWidth], dxi[3 * kMaxWidth], dhh[3 * kMaxWidth];
+  const int64_t H = net.H, I = net.I, T = net.T, B = net.B, TB = T * B, G = 3 * H;
+  Vec dh[kMaxWidth];
   for (int64_t j = 0; j < H; ++j) dh[j] = Vec{};
   const float* R = S;
   const float* Z = R + H * TB;
   const float* N = Z + H * TB;
   const float* HN = N + H * TB;
   for (int64_t t = T - 1; t >= 0; --t) {
+    Vec* dxi = acc.dxi.data() + t * acc.Gp;
+    Vec* dhh = acc.dhh.data() + t * acc.Gp;
+    Vec* hp = acc.hp.data() + t * acc.Hp;
     for (int64_t j = 0; j < H; ++j) {
       const int64_t o = j * TB + t * B;
       const Vec g = dh[j] + Load(DHS + o, nb);
@@ -219,32 +257,29 @@ void BackwardBlock(const Net& net, const float* X, const float* HS, const float*
       dhh[2 * H + j] = dan * r;
       dh[j] = g * z;
     }
-    for (int64_t g = 0; g < 3 * H; ++g) {
-      acc.b_ih[g] += dxi[g];
-      acc.b_hh[g] += dhh[g];
-      for (int64_t k = 0; k < H; ++k) acc.w_hh[g * H + k] += dhh[g] * hp[k];
-    }
-    for (int64_t i = 0; i < I; ++i) {
-      const Vec x = Load(X + i * TB + t * B, nb);
+    for (int64_t i = 0; i < I; ++i) {  // dx = W_ih^T dxi
+      acc.x[t * acc.Ip + i] = Load(X + i * TB + t * B, nb);
       Vec dx{};
-      for (int64_t g = 0; g < 3 * H; ++g) {
-        acc.w_ih[g * I + i] += dxi[g] * x;
-        dx += net.w_ih[g * I + i] * dxi[g];
-      }
+      for (int64_t g = 0; g < G; ++g) dx += net.w_ih[g * I + i] * dxi[g];
       Store(DX + i * TB + t * B, dx, nb);
     }
     for (int64_t k = 0; k < H; ++k) {  // dh += W_hh^T dhh
       Vec a = dh[k];
-      for (int64_t g = 0; g < 3 * H; ++g) a += net.w_hh[g * H + k] * dhh[g];
+      for (int64_t g = 0; g < G; ++g) a += net.w_hh[g * H + k] * dhh[g];
       dh[k] = a;
     }
   }
-}
-
-float SumLanes(Vec v) {
-  float s = 0.f;
-  for (int64_t b = 0; b < kBlock; ++b) s += v[b];
-  return s;
+  AccumulateOuter(acc.dhh.data(), acc.Gp, G, acc.hp.data(), acc.Hp, H, T, acc.w_hh.data());
+  AccumulateOuter(acc.dxi.data(), acc.Gp, G, acc.x.data(), acc.Ip, I, T, acc.w_ih.data());
+  for (int64_t g = 0; g < G; ++g) {
+    Vec si{}, sh{};
+    for (int64_t t = 0; t < T; ++t) {
+      si += acc.dxi[t * acc.Gp + g];
+      sh += acc.dhh[t * acc.Gp + g];
+    }
+    acc.b_ih[g] += SumLanes(si);
+    acc.b_hh[g] += SumLanes(sh);
+  }
 }
 
 Net NetAt(const ffi::Buffer<ffi::F32>& w_ih, const ffi::Buffer<ffi::F32>& w_hh,
@@ -284,15 +319,14 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_ih,
   // A net's blocks add into the same weight gradients: one net per thread at a time.
   ParallelFor(pool, d.nets, [&](int64_t m) {
     const Net net = NetAt(w_ih, w_hh, nullptr, nullptr, d, m);
-    Grads acc(H, I);
+    Grads acc(H, I, d.t);
     for (int64_t b0 = 0; b0 < d.b; b0 += kBlock) {
       BackwardBlock(net, xs.typed_data() + m * I * TB + b0, hs.typed_data() + m * H * TB + b0,
                     saved.typed_data() + m * 4 * H * TB + b0, dhs.typed_data() + m * H * TB + b0,
                     dxs->typed_data() + m * I * TB + b0, acc, std::min(kBlock, d.b - b0));
     }
-    auto put = [m](ffi::ResultBuffer<ffi::F32>& out, const std::vector<Vec>& v) {
-      float* o = out->typed_data() + m * static_cast<int64_t>(v.size());
-      for (size_t i = 0; i < v.size(); ++i) o[i] = SumLanes(v[i]);
+    auto put = [m](ffi::ResultBuffer<ffi::F32>& out, const std::vector<float>& v) {
+      std::copy(v.begin(), v.end(), out->typed_data() + m * static_cast<int64_t>(v.size()));
     };
     put(dw_ih, acc.w_ih);
     put(dw_hh, acc.w_hh);

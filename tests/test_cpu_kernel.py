@@ -1,0 +1,144 @@
+"""The compiled CPU GRU kernel against PyTorch (forward and gradients), against the XLA
+recurrence, under vmap, with odd shapes and partial SIMD blocks, and its fallbacks."""
+
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from mlds_jax import cpu_kernel, models
+from mlds_jax.models import NetworkConfig
+from tests.torch_reference import torch_net
+
+DS1 = NetworkConfig()
+# Odd sizes: hidden and input not multiples of 4 or 16, two layers, a one-layer head.
+ODD = NetworkConfig(input_size=3, hidden_size=5, num_layers=2, head_sizes=(4,), output_size=2,
+                    activation="relu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kernel():
+    if not cpu_kernel.available():
+        if shutil.which("g++") or shutil.which("c++"):
+            pytest.fail(f"a compiler is present but the kernel is unavailable: "
+                        f"{cpu_kernel.unavailable_reason()}")
+        pytest.skip(cpu_kernel.unavailable_reason())
+
+
+def _inputs(cfg, batch, length, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(batch, length, cfg.input_size)).astype(np.float32)
+
+
+def _torch_grads(cfg, flat, xs, weights):
+    """Gradient of sum(logits * weights) by torch autograd: (flat params grad, input grad)."""
+    net = torch_net(cfg, flat)
+    x = torch.from_numpy(xs).requires_grad_(True)
+    (net(x) * torch.from_numpy(weights)).sum().backward()
+    grads = [p.grad.flatten() for p in net.parameters()]  # state_dict order, no buffers
+    return torch.cat(grads).numpy(), x.grad.numpy()
+
+
+@pytest.mark.parametrize("cfg,batch,length", [(DS1, 16, 32), (DS1, 21, 9), (ODD, 1, 7),
+                                              (ODD, 37, 5)],
+                         ids=["ds1-full-block", "ds1-partial-block", "odd-one", "odd-37"])
+def test_forward_and_gradients_equal_torch(cfg, batch, length):
+    layout = models.param_layout(cfg)
+    params = models.init_params(cfg, jax.random.key(5))
+    flat = np.asarray(models.flatten_params(params, layout))
+    xs = _inputs(cfg, batch, length)
+    weights = np.random.default_rng(1).normal(size=(batch, length, cfg.output_size))
+    weights = weights.astype(np.float32)
+
+    def loss(p, x):
+        return (models.apply(cfg, p, x, "cpu-kernel") * weights).sum()
+
+    logits = jax.jit(lambda p, x: models.apply(cfg, p, x, "cpu-kernel"))(params, xs)
+    g_params, g_xs = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(xs))
+    with torch.no_grad():
+        ref_logits = torch_net(cfg, flat)(torch.from_numpy(xs)).numpy()
+    ref_gp, ref_gx = _torch_grads(cfg, flat, xs, weights)
+
+    assert logits.shape == (batch, length, cfg.output_size)
+    assert np.abs(np.asarray(logits) - ref_logits).max() <= 1e-5
+    ours = np.asarray(models.flatten_params(g_params, layout))
+    scale = max(1.0, np.abs(ref_gp).max())
+    assert np.abs(ours - ref_gp).max() <= 1e-4 * scale
+    assert np.abs(np.asarray(g_xs) - ref_gx).max() <= 1e-4 * max(1.0, np.abs(ref_gx).max())
+
+
+def test_kernel_equals_xla_recurrence_under_vmap_over_nets():
+    """Nets stacked on a vmapped axis (how the trainer calls it) give each net's own result."""
+    keys = jax.random.split(jax.random.key(9), 6)
+    stacked = jax.vmap(lambda k: models.init_params(DS1, k))(keys)
+    xs = jnp.asarray(np.stack([_inputs(DS1, 16, 12, seed=s) for s in range(6)]))
+
+    def loss(recurrence, p, x):
+        return jnp.tanh(models.apply(DS1, p, x, recurrence)).mean()
+
+    def both(recurrence):
+        f = jax.jit(jax.vmap(jax.value_and_grad(lambda p, x: loss(recurrence, p, x))))
+        return f(stacked, xs)
+
+    (l_k, g_k), (l_x, g_x) = both("cpu-kernel"), both("xla")
+    np.testing.assert_allclose(l_k, l_x, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g_k, g_x)
+    # And net 4 alone equals net 4 in the stack.
+    alone = jax.grad(lambda p, x: loss("cpu-kernel", p, x))(
+        jax.tree.map(lambda a: a[4], stacked), xs[4])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[4], b, atol=1e-7), g_k, alone)
+
+
+def test_nan_weights_give_nan_outputs():
+    """A diverged net must stay visibly diverged: NaN in, NaN out (no clamping it away)."""
+    params = models.init_params(DS1, jax.random.key(0))
+    params["rnn"]["weight_hh_l0"] = params["rnn"]["weight_hh_l0"].at[3, 2].set(jnp.nan)
+    out = models.apply(DS1, params, jnp.asarray(_inputs(DS1, 16, 4)), "cpu-kernel")
+    assert np.isnan(np.asarray(out)).all()
+
+
+def test_choose_recurrence():
+    assert models.choose_recurrence(DS1, "auto") == "cpu-kernel"
+    assert models.choose_recurrence(DS1, "xla") == "xla"
+    lstm = NetworkConfig(cell="lstm")
+    assert models.choose_recurrence(lstm, "auto") == "xla"
+    with pytest.raises(ValueError, match="GRU layers"):
+        models.choose_recurrence(lstm, "cpu-kernel")
+    with pytest.raises(ValueError, match="recurrence must be one of"):
+        models.choose_recurrence(DS1, "fast")
+
+
+def _fresh_process(code: str, **env) -> str:
+    import os
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_without_a_working_compiler_training_falls_back_to_xla(tmp_path):
+    code = ("from mlds_jax import cpu_kernel, models; "
+            "print(cpu_kernel.available(), models.choose_recurrence(models.NetworkConfig()), "
+            "'|', cpu_kernel.unavailable_reason().splitlines()[0])")
+    out = _fresh_process(code, CXX="/bin/false", MLDS_JAX_CACHE=str(tmp_path))
+    assert out.startswith("False xla |")
+    assert "compiling gru.cc failed" in out
+    assert list(tmp_path.rglob("*.so")) == []  # nothing half-built left in the cache
+    out = _fresh_process(code, MLDS_JAX_CPU_KERNEL="0")
+    assert out == "False xla | disabled by MLDS_JAX_CPU_KERNEL=0"
+
+
+def test_build_goes_to_the_cache_once(tmp_path):
+    code = "from mlds_jax import cpu_kernel; print(cpu_kernel.available())"
+    assert _fresh_process(code, MLDS_JAX_CACHE=str(tmp_path)) == "True"
+    built = sorted(tmp_path.rglob("*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert _fresh_process(code, MLDS_JAX_CACHE=str(tmp_path)) == "True"
+    assert sorted(tmp_path.rglob("*.so")) == built and built[0].stat().st_mtime_ns == stamp
