@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# Wheels the GPU machine's image lacks (it has no package registry): see benchmarks/gpu.sh.
+gpu-wheels: $(STAMP)
+	$(BIN)/pip download --quiet --dest .wheels --only-binary :all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 zarr google-crc32c
 
 clean:
 	rm -rf out .pytest_cache

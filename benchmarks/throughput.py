@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--torch-seconds", type=float, default=20.0)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--store", help="learnability store for mean epochs per net")
+    ap.add_argument("--mean-epochs", type=float,
+                    help="mean epochs per net for nets/h (default: from --store, else the cap)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one population size
     args = ap.parse_args()
@@ -229,8 +231,11 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
                    "--epoch-sequences", str(args.epoch_sequences), "--repeats",
                    str(args.repeats), "--recurrence", recurrence]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            row = json.loads(out.strip().splitlines()[-1])
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:  # e.g. out of device memory: report it, time the rest
+                print(f"  M={m} {recurrence}: failed: {done.stderr.strip()[-300:]}", flush=True)
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
             if row["name"] in seen:  # "auto" resolved to one already timed
                 continue
             seen.add(row["name"])
@@ -244,7 +249,10 @@ def main() -> None:
     gflops = matmul_gflops()
     flops = FLOPS_PER_SEQ_STEP[args.config]
     ceiling = gflops * 1e9 / flops
-    epochs, source = mean_epochs(args.store, release.max_epochs)
+    if args.mean_epochs:
+        epochs, source = args.mean_epochs, "given"
+    else:
+        epochs, source = mean_epochs(args.store, release.max_epochs)
     per_net = release.train_sequences * release.train_length * epochs
 
     best_jax = max((r for r in rows if r["name"].startswith("jax")),

@@ -53,6 +53,12 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
         cfg = load_config(config, overrides)
     except ConfigError as e:
         raise _Fail(str(e)) from None
+    from mlds_jax.models import choose_recurrence
+
+    try:
+        recurrence = choose_recurrence(cfg.network, cfg.run.recurrence)
+    except ValueError as e:
+        raise _Fail(f"run.recurrence={cfg.run.recurrence}: {e}") from None
 
     bar = None
 
@@ -62,7 +68,8 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
             click.echo(f"resuming: {stored} of {total} nets already in {out}; training {total - stored}")
         if stored == total:
             return
-        click.echo(f"{cfg.name}: training {total - stored} nets, {n_slots} at a time")
+        click.echo(f"{cfg.name}: training {total - stored} nets, {n_slots} at a time "
+                   f"({recurrence} recurrence)")
         bar = tqdm(total=total, initial=stored, unit="net", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 

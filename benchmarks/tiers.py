@@ -1,0 +1,90 @@
+"""Does throughput hold as the dataset grows? `mlds generate` end to end (training,
+validation, store writes, packing) for two DS1 tiers, each in a fresh process, same recipe.
+
+    python benchmarks/tiers.py                       # DS1-100 and DS1-1000, 40 epochs per net
+    python benchmarks/tiers.py --per-task 20 200 --epochs 40
+
+Every net trains exactly `--epochs` epochs (the threshold is set to 1.0, which no net reaches
+that early), so both tiers do the same work per net and nets per hour compare directly.
+Slots come from the memory budget (run.memory_budget_mb) as in a real run, so memory is
+bounded by the slot budget, not by the tier. Reported per tier: nets, slots, wall seconds,
+the first step's seconds (compile + one step, paid once per population size), nets/h over
+the whole run and over the steps after the first, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def one_tier(per_task: int, epochs: int, out: str) -> dict:
+    from mlds_jax.config import load_config
+    from mlds_jax.generate import generate
+
+    cfg = load_config("ds1", [f"recipe.max_epochs={epochs}", "recipe.threshold=1.0"])
+    marks: dict = {}
+
+    def on_start(total, stored, slots):
+        marks.update(total=total, slots=slots, t0=time.perf_counter())
+
+    def on_step(running, max_epoch):
+        marks.setdefault("first_step", time.perf_counter())
+
+    report = generate(cfg, out, per_task, on_start=on_start, on_step=on_step)
+    end = time.perf_counter()
+    first = marks["first_step"] - marks["t0"]
+    return {
+        "nets": report.total, "slots": report.slots, "epochs": epochs,
+        "seconds": report.seconds, "first_step_s": first,
+        "nets_per_h": report.total * 3600 / report.seconds,
+        "nets_per_h_after_first": report.total * 3600 / (end - marks["first_step"]),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--per-task", type=int, nargs="+", default=[20, 200])
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one is not None:
+        print(json.dumps(one_tier(args.one, args.epochs, args.out)))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = []
+    for per_task in args.per_task:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, __file__, "--one", str(per_task), "--epochs",
+                   str(args.epochs), "--out", f"{tmp}/ds1.zarr"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  DS1-{rows[-1]['nets']}: {rows[-1]['nets_per_h']:,.0f} nets/h", flush=True)
+    table = Table(title=f"mlds generate ds1, {args.epochs} epochs per net")
+    for col in ("tier", "slots", "wall s", "first step s", "nets/h", "nets/h after 1st step",
+                "peak MB"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"DS1-{r['nets']}", str(r["slots"]), f"{r['seconds']:.0f}",
+                      f"{r['first_step_s']:.1f}", f"{r['nets_per_h']:,.0f}",
+                      f"{r['nets_per_h_after_first']:,.0f}", f"{r['peak_mb']:,.0f}")
+    Console(width=120).print(table)
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        print(f"nets/h DS1-{b['nets']} / DS1-{a['nets']}: "
+              f"{b['nets_per_h'] / a['nets_per_h']:.3f} (whole run), "
+              f"{b['nets_per_h_after_first'] / a['nets_per_h_after_first']:.3f} (after the first step)")
+
+
+if __name__ == "__main__":
+    main()
