@@ -227,13 +227,22 @@ def bytes_per_slot(cfg: DatasetConfig, val_batch: int) -> int:
     return 4 * (state + activations + validation)
 
 
+# On a CPU more slots add memory, not speed: the working set leaves the caches
+# (benchmarks/throughput.py, DS1 on 2 cores: 1.96 M seq-steps/s at M = 64, 1.87 M at 128,
+# 1.80 M at 199, 1.62 M at 1,024). Accelerators keep gaining with M; they get no cap.
+CPU_SLOTS = 128
+
+
 def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
-    """Slots to use: `run.slots` if set, else what the memory budget allows; never more than nets."""
+    """Slots to use: `run.slots` if set, else what the memory budget allows (on a CPU at
+    most CPU_SLOTS); never more than nets."""
     run = cfg.run
     if run.slots:
         slots = run.slots
     else:
         slots = max(1, run.memory_budget_mb * 2**20 // bytes_per_slot(cfg, run.val_batch))
+        if jax.default_backend() == "cpu":
+            slots = min(slots, CPU_SLOTS)
     return max(1, min(slots, n_nets))
 
 

@@ -152,5 +152,7 @@ def test_slots_from_memory_budget():
     per_slot = train.bytes_per_slot(budget, budget.run.val_batch)
     assert train.choose_slots(budget, 10**6) == 64 * 2**20 // per_slot
     assert train.choose_slots(budget, 3) == 3  # never more slots than nets
+    roomy = dataclasses.replace(CFG, run=RunOptions(memory_budget_mb=10**5))
+    assert train.choose_slots(roomy, 10**6) == train.CPU_SLOTS  # the CPU cap (tests run on CPU)
     fixed = dataclasses.replace(CFG, run=RunOptions(slots=5))
     assert train.choose_slots(fixed, 100) == 5
