@@ -255,3 +255,13 @@ def test_pack_killed_between_its_two_renames_is_finished_on_resume(tmp_path, ref
     assert f"resuming: {5 * PER_TASK} of {5 * PER_TASK}" in again.stdout
     np.testing.assert_array_equal(read_all(out)["weights"], ref["weights"])
     assert not (out / ".weights.old").exists()
+
+
+def test_impossible_recurrence_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "x.zarr"
+    lines = fails(["generate", "ds3", "--out", str(out), "--per-task", "1",
+                   "--set", "run.recurrence=cpu-kernel"], "run.recurrence=cpu-kernel", "GRU")
+    assert len(lines) == 1 and not out.exists()
+    fails(["generate", "smoke", "--out", str(out), "--per-task", "1",
+           "--set", "run.recurrence=fast"], "run.recurrence must be one of")
+    assert not out.exists()
