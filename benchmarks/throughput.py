@@ -42,16 +42,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_cfg(config: str, epoch_sequences: int, recurrence: str = "auto"):
+def bench_cfg(config: str, epoch_sequences: int, recurrence: str = "auto",
+              overrides: tuple[str, ...] = ()):
     from mlds_jax.config import load_config
 
     return load_config(config, [f"recipe.train_sequences={epoch_sequences}",
                                 "recipe.check_every=1", "recipe.max_epochs=1000",
-                                f"run.recurrence={recurrence}"])
+                                f"run.recurrence={recurrence}", *overrides])
 
 
 def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
-            recurrence: str) -> dict:
+            recurrence: str, overrides: tuple[str, ...] = ()) -> dict:
     """Time one population size in this process."""
     import jax
     import jax.numpy as jnp
@@ -59,7 +60,7 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
     from mlds_jax import train
     from mlds_jax.generate import task_data
 
-    cfg = bench_cfg(config, epoch_sequences, recurrence)
+    cfg = bench_cfg(config, epoch_sequences, recurrence, overrides)
     r = cfg.recipe
     data = task_data(cfg)
     pop = train.Population(cfg, data, slots)
@@ -211,12 +212,14 @@ def main() -> None:
     ap.add_argument("--mean-epochs", type=float,
                     help="mean epochs per net for nets/h (default: from --store, else the cap)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the jax rows (ablations), e.g. network.num_layers=1")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one population size
     args = ap.parse_args()
 
     if args.one is not None:
         print(json.dumps(jax_one(args.config, args.one, args.epoch_sequences, args.repeats,
-                                 args.recurrence[0])))
+                                 args.recurrence[0], tuple(args.overrides))))
         return
 
     from rich.console import Console
@@ -230,7 +233,8 @@ def main() -> None:
         for m in args.slots:
             cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
                    "--epoch-sequences", str(args.epoch_sequences), "--repeats",
-                   str(args.repeats), "--recurrence", recurrence]
+                   str(args.repeats), "--recurrence", recurrence,
+                   *(f"--set={o}" for o in args.overrides)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:  # e.g. out of device memory: report it, time the rest
                 print(f"  M={m} {recurrence}: failed: {done.stderr.strip()[-300:]}", flush=True)
