@@ -1,6 +1,7 @@
 """The compiled CPU GRU kernel against PyTorch (forward and gradients), against the XLA
 recurrence, under vmap, with odd shapes and partial SIMD blocks, and its fallbacks."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -114,8 +115,6 @@ def test_choose_recurrence():
 
 
 def _fresh_process(code: str, **env) -> str:
-    import os
-
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
     assert done.returncode == 0, done.stderr

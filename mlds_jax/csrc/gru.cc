@@ -219,11 +219,11 @@ void AccumulateOuter(const Vec* A, int64_t Ap, int64_t R, const Vec* Bm, int64_t
 // pre-activations (dxi: of W_ih x + b_ih; dhh: of W_hh h + b_hh), the previous hidden
 // state and the input, each row zero-padded to a multiple of 4.
 struct Grads {
-  int64_t G, Gp, Hp, Ip;
+  int64_t Gp, Hp, Ip;
   std::vector<float> w_ih, w_hh, b_ih, b_hh;
   std::vector<Vec> dxi, dhh, hp, x;
   Grads(int64_t H, int64_t I, int64_t T)
-      : G(3 * H), Gp(RoundUp4(3 * H)), Hp(RoundUp4(H)), Ip(RoundUp4(I)),
+      : Gp(RoundUp4(3 * H)), Hp(RoundUp4(H)), Ip(RoundUp4(I)),
         w_ih(3 * H * I), w_hh(3 * H * H), b_ih(3 * H), b_hh(3 * H),
         dxi(T * Gp), dhh(T * Gp), hp(T * Hp), x(T * Ip) {}
 };
@@ -282,11 +282,13 @@ void BackwardBlock(const Net& net, const float* X, const float* HS, const float*
   }
 }
 
+// Net m's weights; its biases too where given (the backward pass has none).
 Net NetAt(const ffi::Buffer<ffi::F32>& w_ih, const ffi::Buffer<ffi::F32>& w_hh,
           const float* b_ih, const float* b_hh, const Dims& d, int64_t m) {
   const int64_t G = 3 * d.h;
   return Net{w_ih.typed_data() + m * G * d.in, w_hh.typed_data() + m * G * d.h,
-             b_ih + m * G, b_hh + m * G, d.h, d.in, d.t, d.b};
+             b_ih ? b_ih + m * G : nullptr, b_hh ? b_hh + m * G : nullptr,
+             d.h, d.in, d.t, d.b};
 }
 
 ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_ih,
