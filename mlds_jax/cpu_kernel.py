@@ -28,11 +28,15 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 SOURCE = Path(__file__).parent / "csrc" / "gru.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
-TARGETS = {"mlds_gru_forward": "MldsGruForward", "mlds_gru_backward": "MldsGruBackward"}
-MAX_WIDTH = 128  # kMaxWidth in gru.cc: hidden and input sizes the kernel takes
+TARGETS = {"mlds_gru_forward": "MldsGruForward", "mlds_gru_backward": "MldsGruBackward",
+           "mlds_gru_net_bce": "MldsGruNetBce"}
+MAX_WIDTH = 128  # kMaxWidth in gru.cc: layer widths the kernel takes
+HEAD_ACTIVATIONS = {"tanh": 0, "relu": 1}  # the whole-net kernel's head activations
 
 
 class KernelUnavailable(RuntimeError):
@@ -116,6 +120,13 @@ def supports(cell: str, hidden_size: int, input_size: int) -> bool:
     return cell == "gru" and max(hidden_size, input_size) <= MAX_WIDTH
 
 
+def net_supports(cell: str, input_size: int, widths: tuple[int, ...], activation: str) -> bool:
+    """Whether a whole net (GRU stack of width widths[0], linear head through widths[1:])
+    can train on `gru_net_bce`."""
+    return (cell == "gru" and max(input_size, *widths) <= MAX_WIDTH
+            and activation in HEAD_ACTIVATIONS)
+
+
 def _f32(shape) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
@@ -153,3 +164,43 @@ def _gru_bwd(res, dhs):
 
 
 gru_layer.defvjp(_gru_fwd, _gru_bwd)
+
+
+# --- one training step of a whole net -----------------------------------------------------
+
+
+def _mean_bce(logits, ys):
+    return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+
+
+def _net_call(flat, xs, ys, widths, layers, activation):
+    if (reason := _load()) is not None:
+        raise KernelUnavailable(reason)
+    call = jax.ffi.ffi_call("mlds_gru_net_bce", (_f32(ys.shape), _f32(flat.shape)),
+                            vmap_method="broadcast_all")
+    return call(flat, xs, ys, widths=np.asarray(widths, np.int64), layers=np.int64(layers),
+                activation=np.int64(HEAD_ACTIVATIONS[activation]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def gru_net_bce(flat, xs, ys, widths: tuple[int, ...], layers: int, activation: str):
+    """Mean binary cross-entropy of one net on a batch: `layers` GRU layers of width
+    widths[0], then linear layers through widths[1:] with `activation` between them.
+
+    flat: (P,) the net's parameters in models.param_layout order; xs (B, T, I); ys (B, T, O)
+    target bits. The same value as `optax.sigmoid_binary_cross_entropy(apply(...), ys)
+    .mean()`; its gradient w.r.t. flat comes from the same kernel call as the value (the
+    forward and backward of the whole net in one pass over each net's working set)."""
+    return _mean_bce(_net_call(flat, xs, ys, widths, layers, activation)[0], ys)
+
+
+def _net_fwd(flat, xs, ys, widths, layers, activation):
+    logits, dflat = _net_call(flat, xs, ys, widths, layers, activation)
+    return _mean_bce(logits, ys), dflat
+
+
+def _net_bwd(widths, layers, activation, dflat, g):
+    return g * dflat, None, None  # the data gets no gradient
+
+
+gru_net_bce.defvjp(_net_fwd, _net_bwd)

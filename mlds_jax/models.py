@@ -300,6 +300,24 @@ def apply(cfg: NetworkConfig, params: dict, xs, recurrence: str = "xla"):
     return RNNClassifier(cfg, recurrence).apply({"params": params}, xs)
 
 
+def kernel_loss_supported(cfg: NetworkConfig) -> bool:
+    """Whether `kernel_bce_loss` can train this network (GRU, widths up to the kernel's,
+    head activation tanh or relu); it also needs `choose_recurrence` to pick the kernel."""
+    return cpu_kernel.net_supports(cfg.cell, cfg.input_size, _widths(cfg), cfg.activation)
+
+
+def kernel_bce_loss(cfg: NetworkConfig, params: dict, xs, ys):
+    """Mean binary cross-entropy of one net's logits on a batch, xs (B, T, input_size),
+    ys (B, T, output_size) target bits, computed with its gradient by the CPU kernel's
+    whole-net training step (`cpu_kernel.gru_net_bce`)."""
+    flat = flatten_params(params, param_layout(cfg))
+    return cpu_kernel.gru_net_bce(flat, xs, ys, _widths(cfg), cfg.num_layers, cfg.activation)
+
+
+def _widths(cfg: NetworkConfig) -> tuple[int, ...]:
+    return (cfg.hidden_size, *cfg.head_sizes, cfg.output_size)
+
+
 def to_numpy_state_dict(flat: np.ndarray, layout: Sequence[ParamSpec]) -> dict[str, np.ndarray]:
     """Flat `(P,)` vector -> {torch state_dict key: array}, ready for `torch.from_numpy`."""
     return {

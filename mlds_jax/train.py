@@ -111,7 +111,13 @@ def _logits(cfg: DatasetConfig, params, xs):
 
 def _loss(cfg: DatasetConfig, params, xs, ys):
     """Mean loss of one net on a batch of sequences: binary cross-entropy over (B, T, O)
-    output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols."""
+    output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols.
+
+    Where the CPU kernel runs the recurrence and can take the whole net, the loss and its
+    gradient come from one kernel call per net (same value, same gradient)."""
+    recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
+    if recurrence == "cpu-kernel" and not cfg.symbols and models.kernel_loss_supported(cfg.network):
+        return models.kernel_bce_loss(cfg.network, params, xs, ys)
     logits = _logits(cfg, params, xs)
     if cfg.symbols:
         return optax.softmax_cross_entropy(logits, ys).mean()

@@ -1,19 +1,29 @@
-// One GRU layer on CPU for many nets at once, as two XLA FFI custom calls.
+// GRU networks on CPU for many nets at once, as XLA FFI custom calls.
 //
 // XLA:CPU runs the time loop of our tiny nets (hidden 12) far below the machine's
 // arithmetic rate: every time step becomes a few small fused loops and batched dots, and
-// a scan's per-step slice of its input is read element by element. These kernels run a
-// whole layer (input projection, recurrence, and in the backward pass the weight and
-// input gradients) in one call per layer, with sequences in the SIMD lanes.
+// a scan's per-step slice of its input is read element by element. These kernels keep
+// sequences in the SIMD lanes (a block of 16 sequences per vector) and run whole layers,
+// or whole training steps, in one call.
 //
-// Layout, per net: a batch of sequences is (features, T, B): feature-major, then time,
-// then the B sequences. Leading axes (nets, vmapped axes) are flattened into one net axis;
+// Two kinds of call; leading axes (nets, vmapped axes) are flattened into one net axis and
 // every argument has the same leading axes.
+//
+// One layer, in the (features, T, B) layout (feature-major, then time, then sequences):
 //   mlds_gru_forward(w_ih [.., 3H, I], w_hh [.., 3H, H], b_ih [.., 3H], b_hh [.., 3H],
 //                    xs [.., I, T, B])
 //       -> hs [.., H, T, B], saved [.., 4, H, T, B] (r, z, n and W_hn h + b_hn, per step)
 //   mlds_gru_backward(w_ih, w_hh, xs, hs, saved, dhs [.., H, T, B])
 //       -> dw_ih, dw_hh, db_ih, db_hh (shapes of the weights), dxs [.., I, T, B]
+//
+// One training step of a whole net (GRU stack + linear head + mean binary cross-entropy),
+// forward and backward, with everything a net needs in between kept in its thread's cache:
+//   mlds_gru_net_bce(flat [.., P], xs [.., B, T, I], ys [.., B, T, O];
+//                    widths = [H, head..., O], layers, activation (0 tanh, 1 relu))
+//       -> logits [.., B, T, O], dflat [.., P] (the gradient of the mean BCE over B, T, O)
+//   `flat` is the net's parameter vector in torch state_dict order (models.param_layout):
+//   per layer w_ih, w_hh, b_ih, b_hh; then per head layer weight (out, in), bias.
+//
 // Equations are torch.nn.GRU's: gate order r, z, n; n = tanh(W_in x + b_in + r * (W_hn h
 // + b_hn)); h' = (1 - z) n + z h; the initial state is zero.
 
@@ -33,7 +43,7 @@ namespace {
 // A block of kBlock sequences, one per lane: GCC vector extensions give full-width SIMD
 // arithmetic (one AVX-512 register, two AVX2 ones) without intrinsics.
 constexpr int64_t kBlock = 16;
-constexpr int64_t kMaxWidth = 128;  // hidden and input sizes; per-block state is on the stack
+constexpr int64_t kMaxWidth = 128;  // layer widths; per-step vectors live on the stack
 typedef float Vec __attribute__((vector_size(kBlock * sizeof(float))));
 
 inline Vec Splat(float x) { return Vec{} + x; }
@@ -78,6 +88,14 @@ inline void Store(float* p, Vec v, int64_t nb) {
   }
 }
 
+float SumLanes(Vec v) {
+  float s = 0.f;
+  for (int64_t b = 0; b < kBlock; ++b) s += v[b];
+  return s;
+}
+
+inline int64_t RoundUp4(int64_t n) { return (n + 3) / 4 * 4; }
+
 // Runs body(0..n-1) on the caller and the XLA intra-op pool. The caller takes items too
 // and only waits for items other threads have already started, so it never deadlocks,
 // even when the pool is busy or has no threads.
@@ -105,6 +123,168 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
   drain(*shared, body);
   while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
 }
+
+// --- dense building blocks ---------------------------------------------------------------
+
+// out[r] += sum over k < K of W[r * rs + k * ks] * x[k], for NA rows at once. One row at a
+// time is one chain of dependent FMAs, bound by their latency; NA independent chains keep
+// the FMA units busy.
+template <int NA>
+inline void MatVecRows(const float* W, int64_t rs, int64_t ks, const Vec* x, int64_t K,
+                       Vec* out) {
+  Vec a[NA];
+  for (int j = 0; j < NA; ++j) a[j] = out[j];
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec xk = x[k];
+    const float* w = W + k * ks;
+    for (int j = 0; j < NA; ++j) a[j] += w[j * rs] * xk;
+  }
+  for (int j = 0; j < NA; ++j) out[j] = a[j];
+}
+
+// out[r] += sum over k < K of W[r * rs + k * ks] * x[k], for r < R: W x with (rs, ks) =
+// (K, 1) for a row-major W, W^T x with (1, R).
+inline void MatVecAdd(const float* W, int64_t rs, int64_t ks, const Vec* x, int64_t K,
+                      int64_t R, Vec* out) {
+  int64_t r = 0;
+  for (; r + 8 <= R; r += 8) MatVecRows<8>(W + r * rs, rs, ks, x, K, out + r);
+  for (; r + 4 <= R; r += 4) MatVecRows<4>(W + r * rs, rs, ks, x, K, out + r);
+  for (; r < R; ++r) MatVecRows<1>(W + r * rs, rs, ks, x, K, out + r);
+}
+
+// out = b + W x for a row-major W (R, K).
+inline void Affine(const float* W, const float* b, const Vec* x, int64_t K, int64_t R, Vec* out) {
+  for (int64_t r = 0; r < R; ++r) out[r] = Splat(b[r]);
+  MatVecAdd(W, K, 1, x, K, R, out);
+}
+
+// out[r * C + c] += sum over t < T and lanes of A[t * Ap + r] * Bm[t * Bp + c], for r < R,
+// c < C: a weight gradient as one pass over the sequence, 4x4 accumulators in registers.
+// Rows are padded up to Ap >= RoundUp4(R) and Bp >= RoundUp4(C); products with the padding
+// land in accumulators that are thrown away.
+void AccumulateOuter(const Vec* A, int64_t Ap, int64_t R, const Vec* Bm, int64_t Bp, int64_t C,
+                     int64_t T, float* out) {
+  for (int64_t r0 = 0; r0 < R; r0 += 4) {
+    for (int64_t c0 = 0; c0 < C; c0 += 4) {
+      Vec a[4][4] = {};
+      for (int64_t t = 0; t < T; ++t) {
+        const Vec* pa = A + t * Ap + r0;
+        const Vec* pb = Bm + t * Bp + c0;
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) a[i][j] += pa[i] * pb[j];
+      }
+      for (int i = 0; i < 4 && r0 + i < R; ++i)
+        for (int j = 0; j < 4 && c0 + j < C; ++j) out[(r0 + i) * C + c0 + j] += SumLanes(a[i][j]);
+    }
+  }
+}
+
+// out[r] += sum over t < T and lanes of A[t * Ap + r]: a bias gradient.
+void AccumulateSum(const Vec* A, int64_t Ap, int64_t R, int64_t T, float* out) {
+  for (int64_t r = 0; r < R; ++r) {
+    Vec s{};
+    for (int64_t t = 0; t < T; ++t) s += A[t * Ap + r];
+    out[r] += SumLanes(s);
+  }
+}
+
+// --- one GRU layer on one block of sequences -----------------------------------------------
+//
+// A block's activations are (T, Fp) arrays of Vec: step t's F features at [t * Fp, t * Fp
+// + F), rows padded to Fp = RoundUp4(F) as AccumulateOuter wants.
+
+struct GruWeights {
+  const float *w_ih, *w_hh, *b_ih, *b_hh;  // (3H, I), (3H, H), (3H), (3H)
+  int64_t H, I;
+};
+
+struct GruGrads {
+  float *w_ih, *w_hh, *b_ih, *b_hh;  // accumulated into
+};
+
+// in (T, Ip) -> out (T, Hp); save (T, 4 Hp): r, z, n and W_hn h + b_hn per step.
+void GruForward(const GruWeights& w, int64_t T, const Vec* in, int64_t Ip, Vec* out,
+                int64_t Hp, Vec* save) {
+  const int64_t H = w.H, I = w.I, G = 3 * H;
+  Vec xi[3 * kMaxWidth], hh[3 * kMaxWidth];
+  const Vec zeros[kMaxWidth] = {};
+  for (int64_t t = 0; t < T; ++t) {
+    const Vec* h = t > 0 ? out + (t - 1) * Hp : zeros;
+    Affine(w.w_ih, w.b_ih, in + t * Ip, I, G, xi);  // W_ih x + b_ih
+    Affine(w.w_hh, w.b_hh, h, H, G, hh);            // W_hh h + b_hh
+    Vec* ht = out + t * Hp;
+    Vec* s = save + t * 4 * Hp;
+    for (int64_t j = 0; j < H; ++j) {
+      const Vec r = Sigmoid(xi[j] + hh[j]);
+      const Vec z = Sigmoid(xi[H + j] + hh[H + j]);
+      const Vec n = Tanh(xi[2 * H + j] + r * hh[2 * H + j]);
+      ht[j] = (1.f - z) * n + z * h[j];
+      s[j] = r;
+      s[Hp + j] = z;
+      s[2 * Hp + j] = n;
+      s[3 * Hp + j] = hh[2 * H + j];
+    }
+  }
+}
+
+// Backward through time. dout (T, Hp): the loss gradient w.r.t. out from above; din (T, Ip)
+// is overwritten with the gradient w.r.t. in (unless null); weight gradients are added to
+// g. dxi, dhh: scratch (T, Gp), Gp >= RoundUp4(3H).
+void GruBackward(const GruWeights& w, int64_t T, const Vec* in, int64_t Ip, const Vec* out,
+                 int64_t Hp, const Vec* save, const Vec* dout, Vec* din, Vec* dxi, Vec* dhh,
+                 int64_t Gp, const GruGrads& g) {
+  const int64_t H = w.H, I = w.I, G = 3 * H;
+  Vec dh[kMaxWidth] = {};
+  const Vec zeros[kMaxWidth] = {};
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const Vec* h = t > 0 ? out + (t - 1) * Hp : zeros;
+    const Vec* s = save + t * 4 * Hp;
+    Vec* dx = dxi + t * Gp;  // gradient of W_ih x + b_ih
+    Vec* dr = dhh + t * Gp;  // gradient of W_hh h + b_hh
+    for (int64_t j = 0; j < H; ++j) {
+      const Vec gj = dh[j] + dout[t * Hp + j];
+      const Vec r = s[j], z = s[Hp + j], n = s[2 * Hp + j];
+      const Vec dan = gj * (1.f - z) * (1.f - n * n);
+      dx[j] = dan * s[3 * Hp + j] * r * (1.f - r);
+      dx[H + j] = gj * (h[j] - n) * z * (1.f - z);
+      dx[2 * H + j] = dan;
+      dr[j] = dx[j];
+      dr[H + j] = dx[H + j];
+      dr[2 * H + j] = dan * r;
+      dh[j] = gj * z;
+    }
+    if (din) {
+      Vec* di = din + t * Ip;
+      for (int64_t i = 0; i < I; ++i) di[i] = Vec{};
+      MatVecAdd(w.w_ih, 1, I, dx, G, I, di);  // W_ih^T dxi
+    }
+    MatVecAdd(w.w_hh, 1, H, dr, G, H, dh);  // dh += W_hh^T dhh
+  }
+  AccumulateOuter(dxi, Gp, G, in, Ip, I, T, g.w_ih);
+  AccumulateOuter(dhh + Gp, Gp, G, out, Hp, H, T - 1, g.w_hh);  // with h_{t-1}; h_{-1} = 0
+  AccumulateSum(dxi, Gp, G, T, g.b_ih);
+  AccumulateSum(dhh, Gp, G, T, g.b_hh);
+}
+
+// Per-thread scratch, kept between calls: XLA's pool threads live as long as the process.
+std::vector<Vec>& Scratch(int slot, size_t size) {
+  thread_local std::vector<Vec> buffers[4];
+  if (buffers[slot].size() < size) buffers[slot].assign(size, Vec{});
+  return buffers[slot];
+}
+
+// (F, T, B) memory <-> (T, Fp) block arrays, lanes [0, nb).
+void Gather(const float* p, int64_t F, int64_t T, int64_t B, int64_t nb, Vec* out, int64_t Fp) {
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t t = 0; t < T; ++t) out[t * Fp + f] = Load(p + (f * T + t) * B, nb);
+}
+
+void Scatter(const Vec* in, int64_t Fp, int64_t F, int64_t T, int64_t B, int64_t nb, float* p) {
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t t = 0; t < T; ++t) Store(p + (f * T + t) * B, in[t * Fp + f], nb);
+}
+
+// --- the layer calls -----------------------------------------------------------------------
 
 struct Dims {
   int64_t nets, h, in, t, b;
@@ -142,153 +322,12 @@ ffi::Error CheckDims(const ffi::Buffer<ffi::F32>& w_ih, const ffi::Buffer<ffi::F
   return ffi::Error::Success();
 }
 
-// Per-net pointers into the flat buffers.
-struct Net {
-  const float *w_ih, *w_hh, *b_ih, *b_hh;
-  int64_t H, I, T, B;
-};
-
-// One block of nb <= kBlock sequences of one net (pointers offset to the block's first
-// sequence) through the forward recurrence.
-void ForwardBlock(const Net& net, const float* X, float* HS, float* S, int64_t nb) {
-  const int64_t H = net.H, I = net.I, T = net.T, B = net.B, TB = T * B;
-  Vec h[kMaxWidth], x[kMaxWidth], hh[3 * kMaxWidth];
-  for (int64_t j = 0; j < H; ++j) h[j] = Vec{};
-  float* R = S;
-  float* Z = R + H * TB;
-  float* N = Z + H * TB;
-  float* HN = N + H * TB;
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < I; ++i) x[i] = Load(X + i * TB + t * B, nb);
-    for (int64_t g = 0; g < 3 * H; ++g) {  // hh = W_hh h + b_hh
-      Vec a = Splat(net.b_hh[g]);
-      for (int64_t k = 0; k < H; ++k) a += net.w_hh[g * H + k] * h[k];
-      hh[g] = a;
-    }
-    for (int64_t j = 0; j < H; ++j) {
-      Vec xi[3];  // W_ih x + b_ih for gates r, z, n of unit j
-      for (int q = 0; q < 3; ++q) {
-        const int64_t g = q * H + j;
-        Vec a = Splat(net.b_ih[g]);
-        for (int64_t i = 0; i < I; ++i) a += net.w_ih[g * I + i] * x[i];
-        xi[q] = a;
-      }
-      const int64_t o = j * TB + t * B;
-      const Vec r = Sigmoid(xi[0] + hh[j]);
-      const Vec z = Sigmoid(xi[1] + hh[H + j]);
-      const Vec n = Tanh(xi[2] + r * hh[2 * H + j]);
-      h[j] = (1.f - z) * n + z * h[j];
-      Store(R + o, r, nb);
-      Store(Z + o, z, nb);
-      Store(N + o, n, nb);
-      Store(HN + o, hh[2 * H + j], nb);
-      Store(HS + o, h[j], nb);
-    }
-  }
-}
-
-float SumLanes(Vec v) {
-  float s = 0.f;
-  for (int64_t b = 0; b < kBlock; ++b) s += v[b];
-  return s;
-}
-
-inline int64_t RoundUp4(int64_t n) { return (n + 3) / 4 * 4; }
-
-// out[r * C + c] += sum over t < T and lanes of A[t * Ap + r] * Bm[t * Bp + c], for r < R,
-// c < C: a weight gradient as one pass over the sequence, 4x4 accumulators in registers.
-// Rows are padded with zeros up to Ap >= RoundUp4(R) and Bp >= RoundUp4(C).
-void AccumulateOuter(const Vec* A, int64_t Ap, int64_t R, const Vec* Bm, int64_t Bp, int64_t C,
-                     int64_t T, float* out) {
-  for (int64_t r0 = 0; r0 < R; r0 += 4) {
-    for (int64_t c0 = 0; c0 < C; c0 += 4) {
-      Vec a[4][4] = {};
-      for (int64_t t = 0; t < T; ++t) {
-        const Vec* pa = A + t * Ap + r0;
-        const Vec* pb = Bm + t * Bp + c0;
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) a[i][j] += pa[i] * pb[j];
-      }
-      for (int i = 0; i < 4 && r0 + i < R; ++i)
-        for (int j = 0; j < 4 && c0 + j < C; ++j) out[(r0 + i) * C + c0 + j] += SumLanes(a[i][j]);
-    }
-  }
-}
-
-// Weight gradients of one net, and per-block scratch: per step, the gradients of the gate
-// pre-activations (dxi: of W_ih x + b_ih; dhh: of W_hh h + b_hh), the previous hidden
-// state and the input, each row zero-padded to a multiple of 4.
-struct Grads {
-  int64_t Gp, Hp, Ip;
-  std::vector<float> w_ih, w_hh, b_ih, b_hh;
-  std::vector<Vec> dxi, dhh, hp, x;
-  Grads(int64_t H, int64_t I, int64_t T)
-      : Gp(RoundUp4(3 * H)), Hp(RoundUp4(H)), Ip(RoundUp4(I)),
-        w_ih(3 * H * I), w_hh(3 * H * H), b_ih(3 * H), b_hh(3 * H),
-        dxi(T * Gp), dhh(T * Gp), hp(T * Hp), x(T * Ip) {}
-};
-
-// One block of sequences of one net through the backward recurrence; adds the block's
-// weight gradients to `acc` and writes its input gradient.
-void BackwardBlock(const Net& net, const float* X, const float* HS, const float* S,
-                   const float* DHS, float* DX, Grads& acc, int64_t nb) {
-  const int64_t H = net.H, I = net.I, T = net.T, B = net.B, TB = T * B, G = 3 * H;
-  Vec dh[kMaxWidth];
-  for (int64_t j = 0; j < H; ++j) dh[j] = Vec{};
-  const float* R = S;
-  const float* Z = R + H * TB;
-  const float* N = Z + H * TB;
-  const float* HN = N + H * TB;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    Vec* dxi = acc.dxi.data() + t * acc.Gp;
-    Vec* dhh = acc.dhh.data() + t * acc.Gp;
-    Vec* hp = acc.hp.data() + t * acc.Hp;
-    for (int64_t j = 0; j < H; ++j) {
-      const int64_t o = j * TB + t * B;
-      const Vec g = dh[j] + Load(DHS + o, nb);
-      const Vec r = Load(R + o, nb), z = Load(Z + o, nb), n = Load(N + o, nb);
-      hp[j] = t > 0 ? Load(HS + o - B, nb) : Vec{};
-      const Vec dan = g * (1.f - z) * (1.f - n * n);
-      dxi[j] = dan * Load(HN + o, nb) * r * (1.f - r);
-      dxi[H + j] = g * (hp[j] - n) * z * (1.f - z);
-      dxi[2 * H + j] = dan;
-      dhh[j] = dxi[j];
-      dhh[H + j] = dxi[H + j];
-      dhh[2 * H + j] = dan * r;
-      dh[j] = g * z;
-    }
-    for (int64_t i = 0; i < I; ++i) {  // dx = W_ih^T dxi
-      acc.x[t * acc.Ip + i] = Load(X + i * TB + t * B, nb);
-      Vec dx{};
-      for (int64_t g = 0; g < G; ++g) dx += net.w_ih[g * I + i] * dxi[g];
-      Store(DX + i * TB + t * B, dx, nb);
-    }
-    for (int64_t k = 0; k < H; ++k) {  // dh += W_hh^T dhh
-      Vec a = dh[k];
-      for (int64_t g = 0; g < G; ++g) a += net.w_hh[g * H + k] * dhh[g];
-      dh[k] = a;
-    }
-  }
-  AccumulateOuter(acc.dhh.data(), acc.Gp, G, acc.hp.data(), acc.Hp, H, T, acc.w_hh.data());
-  AccumulateOuter(acc.dxi.data(), acc.Gp, G, acc.x.data(), acc.Ip, I, T, acc.w_ih.data());
-  for (int64_t g = 0; g < G; ++g) {
-    Vec si{}, sh{};
-    for (int64_t t = 0; t < T; ++t) {
-      si += acc.dxi[t * acc.Gp + g];
-      sh += acc.dhh[t * acc.Gp + g];
-    }
-    acc.b_ih[g] += SumLanes(si);
-    acc.b_hh[g] += SumLanes(sh);
-  }
-}
-
-// Net m's weights; its biases too where given (the backward pass has none).
-Net NetAt(const ffi::Buffer<ffi::F32>& w_ih, const ffi::Buffer<ffi::F32>& w_hh,
-          const float* b_ih, const float* b_hh, const Dims& d, int64_t m) {
+// Net m's layer weights; its biases too where given (the backward pass has none).
+GruWeights LayerAt(const ffi::Buffer<ffi::F32>& w_ih, const ffi::Buffer<ffi::F32>& w_hh,
+                   const float* b_ih, const float* b_hh, const Dims& d, int64_t m) {
   const int64_t G = 3 * d.h;
-  return Net{w_ih.typed_data() + m * G * d.in, w_hh.typed_data() + m * G * d.h,
-             b_ih ? b_ih + m * G : nullptr, b_hh ? b_hh + m * G : nullptr,
-             d.h, d.in, d.t, d.b};
+  return GruWeights{w_ih.typed_data() + m * G * d.in, w_hh.typed_data() + m * G * d.h,
+                    b_ih ? b_ih + m * G : nullptr, b_hh ? b_hh + m * G : nullptr, d.h, d.in};
 }
 
 ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_ih,
@@ -297,14 +336,20 @@ ffi::Error GruForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_ih,
                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> saved) {
   Dims d;
   if (auto err = CheckDims(w_ih, w_hh, xs, &d); err.failure()) return err;
-  const int64_t TB = d.t * d.b, blocks = (d.b + kBlock - 1) / kBlock;
+  const int64_t H = d.h, T = d.t, TB = d.t * d.b, blocks = (d.b + kBlock - 1) / kBlock;
+  const int64_t Hp = RoundUp4(H), Ip = RoundUp4(d.in);
   // Blocks are independent in the forward pass: spread (net, block) pairs over threads.
   ParallelFor(pool, d.nets * blocks, [&](int64_t item) {
-    const int64_t m = item / blocks, b0 = (item % blocks) * kBlock;
-    const Net net = NetAt(w_ih, w_hh, b_ih.typed_data(), b_hh.typed_data(), d, m);
-    ForwardBlock(net, xs.typed_data() + m * d.in * TB + b0,
-                 hs->typed_data() + m * d.h * TB + b0,
-                 saved->typed_data() + m * 4 * d.h * TB + b0, std::min(kBlock, d.b - b0));
+    const int64_t m = item / blocks, b0 = (item % blocks) * kBlock, nb = std::min(kBlock, d.b - b0);
+    const GruWeights w = LayerAt(w_ih, w_hh, b_ih.typed_data(), b_hh.typed_data(), d, m);
+    Vec* in = Scratch(0, T * Ip).data();
+    Vec* out = Scratch(1, T * Hp).data();
+    Vec* save = Scratch(2, T * 4 * Hp).data();
+    Gather(xs.typed_data() + m * d.in * TB + b0, d.in, T, d.b, nb, in, Ip);
+    GruForward(w, T, in, Ip, out, Hp, save);
+    Scatter(out, Hp, H, T, d.b, nb, hs->typed_data() + m * H * TB + b0);
+    for (int q = 0; q < 4; ++q)
+      Scatter(save + q * Hp, 4 * Hp, H, T, d.b, nb, saved->typed_data() + (m * 4 + q) * H * TB + b0);
   });
   return ffi::Error::Success();
 }
@@ -317,23 +362,205 @@ ffi::Error GruBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w_ih,
                            ffi::ResultBuffer<ffi::F32> db_hh, ffi::ResultBuffer<ffi::F32> dxs) {
   Dims d;
   if (auto err = CheckDims(w_ih, w_hh, xs, &d); err.failure()) return err;
-  const int64_t H = d.h, I = d.in, G = 3 * d.h, TB = d.t * d.b;
+  const int64_t H = d.h, I = d.in, G = 3 * H, T = d.t, TB = T * d.b;
+  const int64_t Hp = RoundUp4(H), Ip = RoundUp4(I), Gp = RoundUp4(G);
   // A net's blocks add into the same weight gradients: one net per thread at a time.
   ParallelFor(pool, d.nets, [&](int64_t m) {
-    const Net net = NetAt(w_ih, w_hh, nullptr, nullptr, d, m);
-    Grads acc(H, I, d.t);
+    const GruWeights w = LayerAt(w_ih, w_hh, nullptr, nullptr, d, m);
+    const GruGrads g{dw_ih->typed_data() + m * G * I, dw_hh->typed_data() + m * G * H,
+                     db_ih->typed_data() + m * G, db_hh->typed_data() + m * G};
+    std::fill(g.w_ih, g.w_ih + G * I, 0.f);
+    std::fill(g.w_hh, g.w_hh + G * H, 0.f);
+    std::fill(g.b_ih, g.b_ih + G, 0.f);
+    std::fill(g.b_hh, g.b_hh + G, 0.f);
+    Vec* in = Scratch(0, T * Ip).data();
+    Vec* out = Scratch(1, T * (Hp + Hp + Ip)).data();  // hs, dhs, dxs
+    Vec* dout = out + T * Hp;
+    Vec* din = dout + T * Hp;
+    Vec* save = Scratch(2, T * 4 * Hp).data();
+    Vec* dgates = Scratch(3, 2 * T * Gp).data();
     for (int64_t b0 = 0; b0 < d.b; b0 += kBlock) {
-      BackwardBlock(net, xs.typed_data() + m * I * TB + b0, hs.typed_data() + m * H * TB + b0,
-                    saved.typed_data() + m * 4 * H * TB + b0, dhs.typed_data() + m * H * TB + b0,
-                    dxs->typed_data() + m * I * TB + b0, acc, std::min(kBlock, d.b - b0));
+      const int64_t nb = std::min(kBlock, d.b - b0), at = m * H * TB + b0;
+      Gather(xs.typed_data() + m * I * TB + b0, I, T, d.b, nb, in, Ip);
+      Gather(hs.typed_data() + at, H, T, d.b, nb, out, Hp);
+      Gather(dhs.typed_data() + at, H, T, d.b, nb, dout, Hp);
+      for (int q = 0; q < 4; ++q)
+        Gather(saved.typed_data() + (m * 4 + q) * H * TB + b0, H, T, d.b, nb, save + q * Hp, 4 * Hp);
+      GruBackward(w, T, in, Ip, out, Hp, save, dout, din, dgates, dgates + T * Gp, Gp, g);
+      Scatter(din, Ip, I, T, d.b, nb, dxs->typed_data() + m * I * TB + b0);
     }
-    auto put = [m](ffi::ResultBuffer<ffi::F32>& out, const std::vector<float>& v) {
-      std::copy(v.begin(), v.end(), out->typed_data() + m * static_cast<int64_t>(v.size()));
-    };
-    put(dw_ih, acc.w_ih);
-    put(dw_hh, acc.w_hh);
-    put(db_ih, acc.b_ih);
-    put(db_hh, acc.b_hh);
+  });
+  return ffi::Error::Success();
+}
+
+// --- one training step of a whole net --------------------------------------------------------
+
+struct NetShape {
+  int64_t layers, in, hidden, out, T, B, params;
+  std::vector<int64_t> widths;  // [H, head..., O]
+  int64_t activation;           // 0 tanh, 1 relu
+};
+
+// Where each tensor of a net's flat vector starts, in models.param_layout's order: per GRU
+// layer w_ih, w_hh, b_ih, b_hh; per head layer weight, bias.
+template <typename P>
+void Locate(const NetShape& s, P* flat, std::vector<P*>& at) {
+  const int64_t G = 3 * s.hidden;
+  at.clear();
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const int64_t fan_in = l == 0 ? s.in : s.hidden;
+    for (int64_t size : {G * fan_in, G * s.hidden, G, G}) {
+      at.push_back(flat);
+      flat += size;
+    }
+  }
+  for (size_t k = 0; k + 1 < s.widths.size(); ++k) {
+    at.push_back(flat);
+    flat += s.widths[k + 1] * s.widths[k];
+    at.push_back(flat);
+    flat += s.widths[k + 1];
+  }
+}
+
+// The activation between head layers, applied in place, and its derivative expressed in its
+// output a: tanh' = 1 - a^2, relu' = [a > 0].
+inline Vec Activate(int64_t kind, Vec x) { return kind == 0 ? Tanh(x) : (x > Vec{} ? x : Vec{}); }
+inline Vec ActivationGrad(int64_t kind, Vec a) {
+  return kind == 0 ? 1.f - a * a : (a > Vec{} ? Splat(1.f) : Vec{});
+}
+
+// One block of nb sequences of one net: forward, logits out, mean-BCE gradient back through
+// the head and the GRU stack into dflat.
+void NetBlock(const NetShape& s, const float* flat, float* dflat, const float* xs,
+              const float* ys, float* logits, int64_t nb) {
+  const int64_t L = s.layers, H = s.hidden, T = s.T, I = s.in, O = s.out;
+  const int64_t Hp = RoundUp4(H), Ip = RoundUp4(I), Gp = RoundUp4(3 * H);
+  const int64_t K = static_cast<int64_t>(s.widths.size()) - 1;  // linear head layers
+  int64_t Wp = 0;
+  for (int64_t w : s.widths) Wp = std::max(Wp, RoundUp4(w));
+  std::vector<const float*> p;
+  std::vector<float*> dp;
+  Locate(s, flat, p);
+  Locate(s, dflat, dp);
+
+  // Scratch: the input, L layers' outputs and saved gates, K + 1 head activations, two
+  // gradient rows, the backward's gate gradients.
+  Vec* x = Scratch(0, T * Ip).data();
+  Vec* hs = Scratch(1, T * (L * Hp + (K + 1) * Wp + 2 * Wp)).data();
+  Vec* acts = hs + L * T * Hp;  // head activation k at acts + k * T * Wp (k = 0: the GRU output)
+  Vec* d0 = acts + (K + 1) * T * Wp;
+  Vec* d1 = d0 + T * Wp;
+  Vec* save = Scratch(2, L * T * 4 * Hp).data();
+  Vec* dgates = Scratch(3, 2 * T * Gp + T * Hp).data();
+  Vec* dprev = dgates + 2 * T * Gp;  // gradient w.r.t. a GRU layer's input (T, Hp)
+
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < I; ++i) {
+      Vec v{};
+      for (int64_t b = 0; b < nb; ++b) v[b] = xs[(b * T + t) * I + i];
+      x[t * Ip + i] = v;
+    }
+  auto gru = [&](int64_t l) {
+    return GruWeights{p[4 * l], p[4 * l + 1], p[4 * l + 2], p[4 * l + 3], H, l == 0 ? I : H};
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    const Vec* in = l == 0 ? x : hs + (l - 1) * T * Hp;
+    GruForward(gru(l), T, in, l == 0 ? Ip : Hp, hs + l * T * Hp, Hp, save + l * T * 4 * Hp);
+  }
+  // Head forward: acts[0] = the last GRU layer's output, acts[K] = logits.
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < H; ++j) acts[t * Wp + j] = hs[((L - 1) * T + t) * Hp + j];
+  for (int64_t k = 0; k < K; ++k) {
+    const float* w = p[4 * L + 2 * k];
+    const float* bias = p[4 * L + 2 * k + 1];
+    for (int64_t t = 0; t < T; ++t) {
+      Vec* y = acts + ((k + 1) * T + t) * Wp;
+      Affine(w, bias, acts + (k * T + t) * Wp, s.widths[k], s.widths[k + 1], y);
+      if (k + 1 < K)
+        for (int64_t j = 0; j < s.widths[k + 1]; ++j) y[j] = Activate(s.activation, y[j]);
+    }
+  }
+  // Logits out; d(mean BCE)/d logit = (sigmoid(logit) - y) / (B T O), 0 in unused lanes.
+  const float scale = 1.f / static_cast<float>(s.B * T * O);
+  Vec live{};
+  for (int64_t b = 0; b < nb; ++b) live[b] = scale;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < O; ++o) {
+      const Vec z = acts[(K * T + t) * Wp + o];
+      Vec y{};
+      for (int64_t b = 0; b < nb; ++b) {
+        logits[(b * T + t) * O + o] = z[b];
+        y[b] = ys[(b * T + t) * O + o];
+      }
+      d0[t * Wp + o] = (Sigmoid(z) - y) * live;
+    }
+  // Head backward: d0 holds the gradient w.r.t. acts[k + 1] (pre-activation for k + 1 < K,
+  // made so below); d1 receives the gradient w.r.t. acts[k].
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const int64_t fan_in = s.widths[k], fan_out = s.widths[k + 1];
+    AccumulateOuter(d0, Wp, fan_out, acts + k * T * Wp, Wp, fan_in, T, dp[4 * L + 2 * k]);
+    AccumulateSum(d0, Wp, fan_out, T, dp[4 * L + 2 * k + 1]);
+    const float* w = p[4 * L + 2 * k];
+    for (int64_t t = 0; t < T; ++t) {
+      Vec* da = d1 + t * Wp;
+      for (int64_t j = 0; j < fan_in; ++j) da[j] = Vec{};
+      MatVecAdd(w, 1, fan_in, d0 + t * Wp, fan_out, fan_in, da);  // W^T d
+      if (k > 0) {
+        const Vec* a = acts + (k * T + t) * Wp;
+        for (int64_t j = 0; j < fan_in; ++j) da[j] *= ActivationGrad(s.activation, a[j]);
+      }
+    }
+    std::swap(d0, d1);
+  }
+  // d0: gradient w.r.t. the last GRU layer's output, rows of Wp; repack to Hp.
+  Vec* dout = d1;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < H; ++j) dout[t * Hp + j] = d0[t * Wp + j];
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const Vec* in = l == 0 ? x : hs + (l - 1) * T * Hp;
+    const GruGrads g{dp[4 * l], dp[4 * l + 1], dp[4 * l + 2], dp[4 * l + 3]};
+    GruBackward(gru(l), T, in, l == 0 ? Ip : Hp, hs + l * T * Hp, Hp, save + l * T * 4 * Hp,
+                dout, l == 0 ? nullptr : dprev, dgates, dgates + T * Gp, Gp, g);
+    std::copy(dprev, dprev + T * Hp, dout);
+  }
+}
+
+ffi::Error GruNetBceImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> flat,
+                         ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> ys,
+                         ffi::Span<const int64_t> widths, int64_t layers, int64_t activation,
+                         ffi::ResultBuffer<ffi::F32> logits, ffi::ResultBuffer<ffi::F32> dflat) {
+  auto fd = flat.dimensions(), xd = xs.dimensions(), yd = ys.dimensions();
+  if (fd.size() < 1 || xd.size() < 3 || yd.size() < 3 || widths.size() < 2 || layers < 1) {
+    return ffi::Error::InvalidArgument("mlds gru net: arguments of too low rank");
+  }
+  NetShape s{layers, xd[xd.size() - 1], widths[0], widths[widths.size() - 1],
+             xd[xd.size() - 2], xd[xd.size() - 3], fd[fd.size() - 1],
+             std::vector<int64_t>(widths.begin(), widths.end()), activation};
+  int64_t expect = 0;
+  for (int64_t l = 0; l < layers; ++l) expect += 3 * s.hidden * ((l ? s.hidden : s.in) + s.hidden + 2);
+  for (size_t k = 0; k + 1 < s.widths.size(); ++k) expect += s.widths[k + 1] * (s.widths[k] + 1);
+  if (expect != s.params || yd[yd.size() - 1] != s.out || yd[yd.size() - 2] != s.T ||
+      yd[yd.size() - 3] != s.B) {
+    return ffi::Error::InvalidArgument("mlds gru net: flat (P), xs (B, T, I), ys (B, T, O) disagree with the widths");
+  }
+  for (int64_t w : s.widths)
+    if (w < 1 || w > kMaxWidth) return ffi::Error::InvalidArgument("mlds gru net: a width above 128");
+  if (s.in > kMaxWidth || activation < 0 || activation > 1) {
+    return ffi::Error::InvalidArgument("mlds gru net: input above 128 or unknown activation");
+  }
+  const int64_t nets = Leading(flat, 1);
+  if (Leading(xs, 3) != nets || Leading(ys, 3) != nets) {
+    return ffi::Error::InvalidArgument("mlds gru net: arguments disagree on the leading axes");
+  }
+  const int64_t P = s.params, TI = s.T * s.in, TO = s.T * s.out;
+  ParallelFor(pool, nets, [&](int64_t m) {
+    float* g = dflat->typed_data() + m * P;
+    std::fill(g, g + P, 0.f);
+    for (int64_t b0 = 0; b0 < s.B; b0 += kBlock) {
+      NetBlock(s, flat.typed_data() + m * P, g, xs.typed_data() + (m * s.B + b0) * TI,
+               ys.typed_data() + (m * s.B + b0) * TO, logits->typed_data() + (m * s.B + b0) * TO,
+               std::min(kBlock, s.B - b0));
+    }
   });
   return ffi::Error::Success();
 }
@@ -365,3 +592,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MldsGruBackward, GruBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // db_ih
                                   .Ret<ffi::Buffer<ffi::F32>>()  // db_hh
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dxs
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MldsGruNetBce, GruNetBceImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // flat
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys
+                                  .Attr<ffi::Span<const int64_t>>("widths")
+                                  .Attr<int64_t>("layers")
+                                  .Attr<int64_t>("activation")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // logits
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // dflat
