@@ -306,11 +306,10 @@ def kernel_loss_supported(cfg: NetworkConfig) -> bool:
     return cpu_kernel.net_supports(cfg.cell, cfg.input_size, _widths(cfg), cfg.activation)
 
 
-def kernel_bce_loss(cfg: NetworkConfig, params: dict, xs, ys):
-    """Mean binary cross-entropy of one net's logits on a batch, xs (B, T, input_size),
-    ys (B, T, output_size) target bits, computed with its gradient by the CPU kernel's
-    whole-net training step (`cpu_kernel.gru_net_bce`)."""
-    flat = flatten_params(params, param_layout(cfg))
+def kernel_bce_loss(cfg: NetworkConfig, flat, xs, ys):
+    """Mean binary cross-entropy of one net (flat (P,) parameters) on a batch, xs (B, T,
+    input_size), ys (B, T, output_size) target bits, computed with its gradient by the CPU
+    kernel's whole-net training step (`cpu_kernel.gru_net_bce`)."""
     return cpu_kernel.gru_net_bce(flat, xs, ys, _widths(cfg), cfg.num_layers, cfg.activation)
 
 

@@ -45,8 +45,8 @@ def net_key(seed: int, net_id) -> jax.Array:
 class NetState:
     """One net in training. In a population every field has a leading slot axis (M, ...)."""
 
-    params: dict  # network params pytree, PyTorch shapes (M, ...)
-    opt_state: optax.OptState  # Adam moments (M, ...)
+    params: jax.Array  # (M, P) flat parameters, in models.param_layout order (the store's)
+    opt_state: optax.OptState  # Adam moments (M, P)
     initial_flat: jax.Array  # (M, P) params at initialisation, for the store
     net_id: jax.Array  # (M,) int32, EMPTY for an unused slot
     task: jax.Array  # (M,) int32 task index
@@ -88,11 +88,11 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
     """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot)."""
     key = net_key(cfg.seed, jnp.maximum(net_id, 0))
     params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
-    layout = models.param_layout(cfg.network)
+    flat = models.flatten_params(params, models.param_layout(cfg.network))
     return NetState(
-        params=params,
-        opt_state=_optimizer(cfg).init(params),
-        initial_flat=models.flatten_params(params, layout),
+        params=flat,
+        opt_state=_optimizer(cfg).init(flat),
+        initial_flat=flat,
         net_id=jnp.asarray(net_id, jnp.int32),
         task=jnp.asarray(jnp.maximum(net_id, 0) % cfg.num_tasks, jnp.int32),
         order_key=jax.random.fold_in(key, ORDER_KEY),
@@ -103,13 +103,14 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
     )
 
 
-def _logits(cfg: DatasetConfig, params, xs):
-    """One net on a batch of sequences: (B, T, I) -> (B, T, O)."""
+def _logits(cfg: DatasetConfig, flat, xs):
+    """One net (flat parameters) on a batch of sequences: (B, T, I) -> (B, T, O)."""
     recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
+    params = models.unflatten_params(flat, models.param_layout(cfg.network))
     return models.apply(cfg.network, params, xs, recurrence)
 
 
-def _loss(cfg: DatasetConfig, params, xs, ys):
+def _loss(cfg: DatasetConfig, flat, xs, ys):
     """Mean loss of one net on a batch of sequences: binary cross-entropy over (B, T, O)
     output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols.
 
@@ -117,8 +118,8 @@ def _loss(cfg: DatasetConfig, params, xs, ys):
     gradient come from one kernel call per net (same value, same gradient)."""
     recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
     if recurrence == "cpu-kernel" and not cfg.symbols and models.kernel_loss_supported(cfg.network):
-        return models.kernel_bce_loss(cfg.network, params, xs, ys)
-    logits = _logits(cfg, params, xs)
+        return models.kernel_bce_loss(cfg.network, flat, xs, ys)
+    logits = _logits(cfg, flat, xs)
     if cfg.symbols:
         return optax.softmax_cross_entropy(logits, ys).mean()
     return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
@@ -162,7 +163,7 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
     )
 
 
-def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> jax.Array:
+def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.Array:
     """(A,) accuracy (bits, or DS3 symbols) of one net on each of its task's validation sets,
     `run.val_batch` sequences at a time."""
     r = cfg.recipe
@@ -170,7 +171,7 @@ def validation_accuracy(cfg: DatasetConfig, data: TrainData, params, task) -> ja
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
 
     def correct(a, idx):
-        logits = _logits(cfg, params, data.val_inputs[task, a, idx])
+        logits = _logits(cfg, flat, data.val_inputs[task, a, idx])
         return _correct(cfg, logits, data.val_targets[task, a, idx])
 
     chunks = jnp.arange(n).reshape(n // vb, vb)
@@ -324,7 +325,7 @@ class Population:
             task=task.astype(np.int32),
             status=status.astype(np.uint8),
             epochs=epoch.astype(np.int32),
-            weights=models.flatten_params(params, self.layout, xp=np).astype(np.float32),
+            weights=params.astype(np.float32),
             initial_weights=initial.astype(np.float32),
             loss_curve=curve.astype(np.float32),
             val_accuracy=acc.astype(np.float32),

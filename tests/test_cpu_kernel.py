@@ -113,15 +113,15 @@ def test_whole_net_loss_and_gradient_equal_torch(cfg, batch, length):
     xs = (np.random.default_rng(4).random((batch, length, cfg.input_size)) < 0.5).astype(np.float32)
     ys = (np.random.default_rng(5).random((batch, length, cfg.output_size)) < 0.5).astype(np.float32)
 
-    loss, grads = jax.jit(jax.value_and_grad(
-        lambda p, x, y: models.kernel_bce_loss(cfg, p, x, y)))(params, xs, ys)
+    loss, grad = jax.jit(jax.value_and_grad(
+        lambda p, x, y: models.kernel_bce_loss(cfg, p, x, y)))(flat, xs, ys)
     net = torch_net(cfg, flat)
     ref = torch.nn.BCEWithLogitsLoss()(net(torch.from_numpy(xs)), torch.from_numpy(ys))
     ref.backward()
     ref_grad = torch.cat([q.grad.flatten() for q in net.parameters()]).numpy()
 
     assert abs(float(loss) - ref.item()) <= 1e-6 * max(1.0, ref.item())
-    ours = np.asarray(models.flatten_params(grads, layout))
+    ours = np.asarray(grad)
     assert ours.shape == ref_grad.shape == (models.num_params(cfg),)
     assert np.abs(ours - ref_grad).max() <= 1e-5 * max(1.0, np.abs(ref_grad).max())
 
@@ -130,26 +130,29 @@ def test_whole_net_step_under_vmap_is_each_nets_own():
     """Six nets in one call (the trainer's vmap) get exactly the gradient each gets alone: no
     lane, block or scratch buffer leaks between nets."""
     keys = jax.random.split(jax.random.key(8), 6)
-    stacked = jax.vmap(lambda k: models.init_params(DS1, k))(keys)
+    layout = models.param_layout(DS1)
+    stacked = jax.vmap(lambda k: models.flatten_params(models.init_params(DS1, k), layout))(keys)
     rng = np.random.default_rng(6)
     xs = (rng.random((6, 21, 10, DS1.input_size)) < 0.5).astype(np.float32)
     ys = (rng.random((6, 21, 10, DS1.output_size)) < 0.5).astype(np.float32)
     step = jax.value_and_grad(lambda p, x, y: models.kernel_bce_loss(DS1, p, x, y))
     losses, grads = jax.jit(jax.vmap(step))(stacked, xs, ys)
     for m in (0, 3, 5):
-        loss, grad = jax.jit(step)(jax.tree.map(lambda a: a[m], stacked), xs[m], ys[m])
+        loss, grad = jax.jit(step)(stacked[m], xs[m], ys[m])
         assert abs(float(losses[m]) - float(loss)) <= 1e-6  # XLA's mean may sum in another order
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[m], b), grads, grad)
+        np.testing.assert_array_equal(grads[m], grad)
 
 
 def test_whole_net_step_keeps_nan_visible():
     """A NaN weight gives a NaN loss and NaN gradients, so the trainer marks the net diverged."""
     params = models.init_params(DS1, jax.random.key(0))
     params["head_1"]["weight"] = params["head_1"]["weight"].at[0, 0].set(jnp.nan)
+    flat = models.flatten_params(params, models.param_layout(DS1))
     xs, ys = jnp.zeros((16, 4, DS1.input_size)), jnp.ones((16, 4, DS1.output_size))
-    loss, grads = jax.value_and_grad(lambda p: models.kernel_bce_loss(DS1, p, xs, ys))(params)
+    loss, grad = jax.value_and_grad(lambda p: models.kernel_bce_loss(DS1, p, xs, ys))(flat)
     assert np.isnan(float(loss))
-    assert np.isnan(np.asarray(grads["rnn"]["weight_hh_l0"])).any()
+    first_layer = models.param_layout(DS1)[1]  # weight_hh_l0
+    assert np.isnan(np.asarray(grad[first_layer.offset:first_layer.offset + first_layer.size])).any()
 
 
 def test_whole_net_kernel_support():
