@@ -103,26 +103,35 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
     )
 
 
-def _logits(cfg: DatasetConfig, flat, xs):
-    """One net (flat parameters) on a batch of sequences: (B, T, I) -> (B, T, O)."""
+def _logits(cfg: DatasetConfig, params, xs):
+    """One net (params pytree) on a batch of sequences: (B, T, I) -> (B, T, O)."""
     recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
-    params = models.unflatten_params(flat, models.param_layout(cfg.network))
     return models.apply(cfg.network, params, xs, recurrence)
 
 
-def _loss(cfg: DatasetConfig, flat, xs, ys):
+def _loss(cfg: DatasetConfig, params, xs, ys):
     """Mean loss of one net on a batch of sequences: binary cross-entropy over (B, T, O)
-    output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols.
-
-    Where the CPU kernel runs the recurrence and can take the whole net, the loss and its
-    gradient come from one kernel call per net (same value, same gradient)."""
-    recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
-    if recurrence == "cpu-kernel" and not cfg.symbols and models.kernel_loss_supported(cfg.network):
-        return models.kernel_bce_loss(cfg.network, flat, xs, ys)
-    logits = _logits(cfg, flat, xs)
+    output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols."""
+    logits = _logits(cfg, params, xs)
     if cfg.symbols:
         return optax.softmax_cross_entropy(logits, ys).mean()
     return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+
+
+def _loss_and_grad(cfg: DatasetConfig, flat, xs, ys):
+    """`_loss` of one net and its gradient, both w.r.t. the flat parameters (P,).
+
+    Where the CPU kernel runs the recurrence and can take the whole net, both come from one
+    kernel call per net (same value, same gradient); otherwise from XLA, differentiating
+    the pytree and concatenating its gradient (cheaper than the gradient of the slices)."""
+    recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
+    if recurrence == "cpu-kernel" and not cfg.symbols and models.kernel_loss_supported(cfg.network):
+        return jax.value_and_grad(functools.partial(models.kernel_bce_loss, cfg.network))(
+            flat, xs, ys)
+    layout = models.param_layout(cfg.network)
+    loss, grads = jax.value_and_grad(functools.partial(_loss, cfg))(
+        models.unflatten_params(flat, layout), xs, ys)
+    return loss, models.flatten_params(grads, layout)
 
 
 def _correct(cfg: DatasetConfig, logits, ys):
@@ -144,7 +153,7 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
         params, opt_state = carry
         xs = data.train_inputs[state.task, idx]  # (B, T, I)
         ys = data.train_targets[state.task, idx]  # (B, T, O)
-        loss, grads = jax.value_and_grad(functools.partial(_loss, cfg))(params, xs, ys)
+        loss, grads = _loss_and_grad(cfg, params, xs, ys)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -169,9 +178,10 @@ def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.
     r = cfg.recipe
     n = r.val_sequences
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
+    params = models.unflatten_params(flat, models.param_layout(cfg.network))
 
     def correct(a, idx):
-        logits = _logits(cfg, flat, data.val_inputs[task, a, idx])
+        logits = _logits(cfg, params, data.val_inputs[task, a, idx])
         return _correct(cfg, logits, data.val_targets[task, a, idx])
 
     chunks = jnp.arange(n).reshape(n // vb, vb)

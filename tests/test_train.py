@@ -110,10 +110,20 @@ def test_stop_rules_and_records(runs, data):
                                       res["initial_weights"][n])
 
 
-def test_training_equals_torch_adam_on_same_order(runs, data):
+@pytest.fixture(scope="module")
+def xla_runs(data):
+    """The trainer with the recurrence left to XLA (what a GPU runs), nets 0..5 at once."""
+    cfg = dataclasses.replace(CFG, run=dataclasses.replace(CFG.run, recurrence="xla"))
+    return collect(train.Population(cfg, data, N_NETS).run(range(N_NETS)), N_NETS)
+
+
+@pytest.mark.parametrize("recurrence", ["auto", "xla"])
+def test_training_equals_torch_adam_on_same_order(runs, data, recurrence, request):
     """Net 2 (EightBit, trained to the cap) retraced with torch.optim.Adam on the same
-    minibatches in the same order: the trainer's math is plain Adam on mean BCE."""
-    res, n = runs[0][1], 2
+    minibatches in the same order: the trainer's math is plain Adam on mean BCE, both with
+    the default recurrence (on a CPU with a compiler: the whole-net kernel) and with XLA's."""
+    res = runs[0][1] if recurrence == "auto" else request.getfixturevalue("xla_runs")
+    n = 2
     r = RECIPE
     net = torch_net(CFG.network, res["initial_weights"][n])
     opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
