@@ -244,9 +244,9 @@ def bytes_per_slot(cfg: DatasetConfig, val_batch: int) -> int:
     return 4 * (state + activations + validation)
 
 
-# On a CPU more slots add memory, not speed: the working set leaves the caches
-# (benchmarks/throughput.py, DS1 on 2 cores: 1.96 M seq-steps/s at M = 64, 1.87 M at 128,
-# 1.80 M at 199, 1.62 M at 1,024). Accelerators are not capped: a GPU needs many nets in
+# On a CPU more slots add memory, not speed: the whole-net kernel works on one net per
+# thread at a time (benchmarks/throughput.py, DS1 on 2 cores: 4.62 M seq-steps/s at M = 64,
+# 4.75 M at 256, 4.55 M at 1,024). Accelerators are not capped: a GPU needs many nets in
 # flight to be busy (not yet measured here: benchmarks/gpu.sh).
 CPU_SLOTS = 128
 
