@@ -34,7 +34,7 @@ import optax
 SOURCE = Path(__file__).parent / "csrc" / "gru.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 TARGETS = {"mlds_gru_forward": "MldsGruForward", "mlds_gru_backward": "MldsGruBackward",
-           "mlds_gru_net_bce": "MldsGruNetBce"}
+           "mlds_gru_net_bce": "MldsGruNetBce", "mlds_gru_net_logits": "MldsGruNetLogits"}
 MAX_WIDTH = 128  # kMaxWidth in gru.cc: layer widths the kernel takes
 HEAD_ACTIVATIONS = {"tanh": 0, "relu": 1}  # the whole-net kernel's head activations
 
@@ -173,13 +173,27 @@ def _mean_bce(logits, ys):
     return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
 
 
+def _net_attrs(widths, layers, activation) -> dict:
+    return dict(widths=np.asarray(widths, np.int64), layers=np.int64(layers),
+                activation=np.int64(HEAD_ACTIVATIONS[activation]))
+
+
 def _net_call(flat, xs, ys, widths, layers, activation):
     if (reason := _load()) is not None:
         raise KernelUnavailable(reason)
     call = jax.ffi.ffi_call("mlds_gru_net_bce", (_f32(ys.shape), _f32(flat.shape)),
                             vmap_method="broadcast_all")
-    return call(flat, xs, ys, widths=np.asarray(widths, np.int64), layers=np.int64(layers),
-                activation=np.int64(HEAD_ACTIVATIONS[activation]))
+    return call(flat, xs, ys, **_net_attrs(widths, layers, activation))
+
+
+def gru_net_logits(flat, xs, widths: tuple[int, ...], layers: int, activation: str):
+    """The forward pass alone of the net `gru_net_bce` trains: flat (P,), xs (B, T, I) ->
+    logits (B, T, widths[-1]). Not differentiable (validation and evaluation)."""
+    if (reason := _load()) is not None:
+        raise KernelUnavailable(reason)
+    call = jax.ffi.ffi_call("mlds_gru_net_logits", _f32(xs.shape[:-1] + (widths[-1],)),
+                            vmap_method="broadcast_all")
+    return call(flat, xs, **_net_attrs(widths, layers, activation))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))

@@ -313,6 +313,12 @@ def kernel_bce_loss(cfg: NetworkConfig, flat, xs, ys):
     return cpu_kernel.gru_net_bce(flat, xs, ys, _widths(cfg), cfg.num_layers, cfg.activation)
 
 
+def kernel_logits(cfg: NetworkConfig, flat, xs):
+    """One net (flat (P,) parameters) on a batch, xs (B, T, input_size) -> logits (B, T,
+    output_size), by the whole-net kernel's forward pass; not differentiable."""
+    return cpu_kernel.gru_net_logits(flat, xs, _widths(cfg), cfg.num_layers, cfg.activation)
+
+
 def _widths(cfg: NetworkConfig) -> tuple[int, ...]:
     return (cfg.hidden_size, *cfg.head_sizes, cfg.output_size)
 

@@ -103,10 +103,24 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
     )
 
 
+def _whole_net_kernel(cfg: DatasetConfig) -> bool:
+    """Whether each net's forward pass (and, for bit outputs, its training step) runs as one
+    call of the CPU kernel: where the kernel runs the recurrence and takes the whole net."""
+    return (models.choose_recurrence(cfg.network, cfg.run.recurrence) == "cpu-kernel"
+            and models.kernel_loss_supported(cfg.network))
+
+
 def _logits(cfg: DatasetConfig, params, xs):
     """One net (params pytree) on a batch of sequences: (B, T, I) -> (B, T, O)."""
     recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
     return models.apply(cfg.network, params, xs, recurrence)
+
+
+def _predict(cfg: DatasetConfig, flat, xs):
+    """`_logits` from the flat parameters, not differentiated (validation)."""
+    if _whole_net_kernel(cfg):
+        return models.kernel_logits(cfg.network, flat, xs)
+    return _logits(cfg, models.unflatten_params(flat, models.param_layout(cfg.network)), xs)
 
 
 def _loss(cfg: DatasetConfig, params, xs, ys):
@@ -124,8 +138,7 @@ def _loss_and_grad(cfg: DatasetConfig, flat, xs, ys):
     Where the CPU kernel runs the recurrence and can take the whole net, both come from one
     kernel call per net (same value, same gradient); otherwise from XLA, differentiating
     the pytree and concatenating its gradient (cheaper than the gradient of the slices)."""
-    recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
-    if recurrence == "cpu-kernel" and not cfg.symbols and models.kernel_loss_supported(cfg.network):
+    if _whole_net_kernel(cfg) and not cfg.symbols:
         return jax.value_and_grad(functools.partial(models.kernel_bce_loss, cfg.network))(
             flat, xs, ys)
     layout = models.param_layout(cfg.network)
@@ -178,10 +191,9 @@ def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.
     r = cfg.recipe
     n = r.val_sequences
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
-    params = models.unflatten_params(flat, models.param_layout(cfg.network))
 
     def correct(a, idx):
-        logits = _logits(cfg, params, data.val_inputs[task, a, idx])
+        logits = _predict(cfg, flat, data.val_inputs[task, a, idx])
         return _correct(cfg, logits, data.val_targets[task, a, idx])
 
     chunks = jnp.arange(n).reshape(n // vb, vb)

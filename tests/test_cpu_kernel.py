@@ -126,6 +126,20 @@ def test_whole_net_loss_and_gradient_equal_torch(cfg, batch, length):
     assert np.abs(ours - ref_grad).max() <= 1e-5 * max(1.0, np.abs(ref_grad).max())
 
 
+@pytest.mark.parametrize("cfg,batch,length", [(DS1, 37, 64), (ODD, 5, 7), (NO_HEAD, 16, 3)],
+                         ids=["ds1-three-blocks", "odd-relu", "no-hidden-head"])
+def test_whole_net_forward_equals_torch(cfg, batch, length):
+    """`kernel_logits` (validation's forward pass) against the torch net on the same weights."""
+    flat = models.flatten_params(models.init_params(cfg, jax.random.key(11)),
+                                 models.param_layout(cfg))
+    xs = _inputs(cfg, batch, length, seed=2)
+    logits = jax.jit(lambda f, x: models.kernel_logits(cfg, f, x))(flat, xs)
+    with torch.no_grad():
+        ref = torch_net(cfg, np.asarray(flat))(torch.from_numpy(xs)).numpy()
+    assert logits.shape == ref.shape == (batch, length, cfg.output_size)
+    assert np.abs(np.asarray(logits) - ref).max() <= 1e-5
+
+
 def test_whole_net_step_under_vmap_is_each_nets_own():
     """Six nets in one call (the trainer's vmap) get exactly the gradient each gets alone: no
     lane, block or scratch buffer leaks between nets."""

@@ -21,6 +21,8 @@
 //   mlds_gru_net_bce(flat [.., P], xs [.., B, T, I], ys [.., B, T, O];
 //                    widths = [H, head..., O], layers, activation (0 tanh, 1 relu))
 //       -> logits [.., B, T, O], dflat [.., P] (the gradient of the mean BCE over B, T, O)
+//   mlds_gru_net_logits(flat, xs; widths, layers, activation) -> logits: the forward alone
+//   (validation).
 //   `flat` is the net's parameter vector in torch state_dict order (models.param_layout):
 //   per layer w_ih, w_hh, b_ih, b_hh; then per head layer weight (out, in), bias.
 //
@@ -429,70 +431,98 @@ inline Vec ActivationGrad(int64_t kind, Vec a) {
   return kind == 0 ? 1.f - a * a : (a > Vec{} ? Splat(1.f) : Vec{});
 }
 
-// One block of nb sequences of one net: forward, logits out, mean-BCE gradient back through
-// the head and the GRU stack into dflat.
-void NetBlock(const NetShape& s, const float* flat, float* dflat, const float* xs,
-              const float* ys, float* logits, int64_t nb) {
+// One net's block buffers in its thread's scratch: the input, L layers' outputs and saved
+// gates, K + 1 head activations (k = 0: the last GRU layer's output; K: the logits), two
+// gradient rows, the backward's gate gradients and a layer-input gradient.
+struct NetBuffers {
+  int64_t T, Hp, Ip, Gp, Wp, K;
+  Vec *x, *hs, *acts, *d0, *d1, *save, *dgates, *dprev;
+  const Vec* act(int64_t k, int64_t t) const { return acts + (k * T + t) * Wp; }
+};
+
+NetBuffers NetScratch(const NetShape& s) {
+  NetBuffers m;
+  const int64_t L = s.layers, T = s.T;
+  m.T = T;
+  m.Hp = RoundUp4(s.hidden), m.Ip = RoundUp4(s.in), m.Gp = RoundUp4(3 * s.hidden);
+  m.K = static_cast<int64_t>(s.widths.size()) - 1;
+  m.Wp = 0;
+  for (int64_t w : s.widths) m.Wp = std::max(m.Wp, RoundUp4(w));
+  m.x = Scratch(0, T * m.Ip).data();
+  m.hs = Scratch(1, T * (L * m.Hp + (m.K + 1) * m.Wp + 2 * m.Wp)).data();
+  m.acts = m.hs + L * T * m.Hp;
+  m.d0 = m.acts + (m.K + 1) * T * m.Wp;
+  m.d1 = m.d0 + T * m.Wp;
+  m.save = Scratch(2, L * T * 4 * m.Hp).data();
+  m.dgates = Scratch(3, 2 * T * m.Gp + T * m.Hp).data();
+  m.dprev = m.dgates + 2 * T * m.Gp;
+  return m;
+}
+
+GruWeights NetLayer(const NetShape& s, const std::vector<const float*>& p, int64_t l) {
+  return GruWeights{p[4 * l], p[4 * l + 1], p[4 * l + 2], p[4 * l + 3], s.hidden,
+                    l == 0 ? s.in : s.hidden};
+}
+
+// The forward pass of one block of nb sequences (xs: (nb, T, I) rows) through the GRU stack
+// and the head into m's buffers; writes the logits to `logits` (nb, T, O) rows.
+void NetForward(const NetShape& s, const std::vector<const float*>& p, const float* xs,
+                float* logits, int64_t nb, const NetBuffers& m) {
   const int64_t L = s.layers, H = s.hidden, T = s.T, I = s.in, O = s.out;
-  const int64_t Hp = RoundUp4(H), Ip = RoundUp4(I), Gp = RoundUp4(3 * H);
-  const int64_t K = static_cast<int64_t>(s.widths.size()) - 1;  // linear head layers
-  int64_t Wp = 0;
-  for (int64_t w : s.widths) Wp = std::max(Wp, RoundUp4(w));
-  std::vector<const float*> p;
-  std::vector<float*> dp;
-  Locate(s, flat, p);
-  Locate(s, dflat, dp);
-
-  // Scratch: the input, L layers' outputs and saved gates, K + 1 head activations, two
-  // gradient rows, the backward's gate gradients.
-  Vec* x = Scratch(0, T * Ip).data();
-  Vec* hs = Scratch(1, T * (L * Hp + (K + 1) * Wp + 2 * Wp)).data();
-  Vec* acts = hs + L * T * Hp;  // head activation k at acts + k * T * Wp (k = 0: the GRU output)
-  Vec* d0 = acts + (K + 1) * T * Wp;
-  Vec* d1 = d0 + T * Wp;
-  Vec* save = Scratch(2, L * T * 4 * Hp).data();
-  Vec* dgates = Scratch(3, 2 * T * Gp + T * Hp).data();
-  Vec* dprev = dgates + 2 * T * Gp;  // gradient w.r.t. a GRU layer's input (T, Hp)
-
+  const int64_t Hp = m.Hp, Ip = m.Ip, Wp = m.Wp, K = m.K;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < I; ++i) {
       Vec v{};
       for (int64_t b = 0; b < nb; ++b) v[b] = xs[(b * T + t) * I + i];
-      x[t * Ip + i] = v;
+      m.x[t * Ip + i] = v;
     }
-  auto gru = [&](int64_t l) {
-    return GruWeights{p[4 * l], p[4 * l + 1], p[4 * l + 2], p[4 * l + 3], H, l == 0 ? I : H};
-  };
   for (int64_t l = 0; l < L; ++l) {
-    const Vec* in = l == 0 ? x : hs + (l - 1) * T * Hp;
-    GruForward(gru(l), T, in, l == 0 ? Ip : Hp, hs + l * T * Hp, Hp, save + l * T * 4 * Hp);
+    const Vec* in = l == 0 ? m.x : m.hs + (l - 1) * T * Hp;
+    GruForward(NetLayer(s, p, l), T, in, l == 0 ? Ip : Hp, m.hs + l * T * Hp, Hp,
+               m.save + l * T * 4 * Hp);
   }
-  // Head forward: acts[0] = the last GRU layer's output, acts[K] = logits.
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < H; ++j) acts[t * Wp + j] = hs[((L - 1) * T + t) * Hp + j];
+    for (int64_t j = 0; j < H; ++j) m.acts[t * Wp + j] = m.hs[((L - 1) * T + t) * Hp + j];
   for (int64_t k = 0; k < K; ++k) {
     const float* w = p[4 * L + 2 * k];
     const float* bias = p[4 * L + 2 * k + 1];
     for (int64_t t = 0; t < T; ++t) {
-      Vec* y = acts + ((k + 1) * T + t) * Wp;
-      Affine(w, bias, acts + (k * T + t) * Wp, s.widths[k], s.widths[k + 1], y);
+      Vec* y = m.acts + ((k + 1) * T + t) * Wp;
+      Affine(w, bias, m.act(k, t), s.widths[k], s.widths[k + 1], y);
       if (k + 1 < K)
         for (int64_t j = 0; j < s.widths[k + 1]; ++j) y[j] = Activate(s.activation, y[j]);
     }
   }
-  // Logits out; d(mean BCE)/d logit = (sigmoid(logit) - y) / (B T O), 0 in unused lanes.
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < O; ++o) {
+      const Vec z = m.act(K, t)[o];
+      for (int64_t b = 0; b < nb; ++b) logits[(b * T + t) * O + o] = z[b];
+    }
+}
+
+// One block of nb sequences of one net: forward, logits out, mean-BCE gradient back through
+// the head and the GRU stack into dflat.
+void NetBlock(const NetShape& s, const float* flat, float* dflat, const float* xs,
+              const float* ys, float* logits, int64_t nb) {
+  const int64_t L = s.layers, H = s.hidden, T = s.T, O = s.out;
+  std::vector<const float*> p;
+  std::vector<float*> dp;
+  Locate(s, flat, p);
+  Locate(s, dflat, dp);
+  const NetBuffers m = NetScratch(s);
+  const int64_t Hp = m.Hp, Ip = m.Ip, Gp = m.Gp, Wp = m.Wp, K = m.K;
+  Vec *x = m.x, *hs = m.hs, *acts = m.acts, *d0 = m.d0, *d1 = m.d1, *save = m.save;
+  Vec *dgates = m.dgates, *dprev = m.dprev;
+  NetForward(s, p, xs, logits, nb, m);
+  // d(mean BCE)/d logit = (sigmoid(logit) - y) / (B T O), 0 in unused lanes.
   const float scale = 1.f / static_cast<float>(s.B * T * O);
   Vec live{};
   for (int64_t b = 0; b < nb; ++b) live[b] = scale;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t o = 0; o < O; ++o) {
-      const Vec z = acts[(K * T + t) * Wp + o];
       Vec y{};
-      for (int64_t b = 0; b < nb; ++b) {
-        logits[(b * T + t) * O + o] = z[b];
-        y[b] = ys[(b * T + t) * O + o];
-      }
-      d0[t * Wp + o] = (Sigmoid(z) - y) * live;
+      for (int64_t b = 0; b < nb; ++b) y[b] = ys[(b * T + t) * O + o];
+      d0[t * Wp + o] = (Sigmoid(m.act(K, t)[o]) - y) * live;
     }
   // Head backward: d0 holds the gradient w.r.t. acts[k + 1] (pre-activation for k + 1 < K,
   // made so below); d1 receives the gradient w.r.t. acts[k].
@@ -519,41 +549,53 @@ void NetBlock(const NetShape& s, const float* flat, float* dflat, const float* x
   for (int64_t l = L - 1; l >= 0; --l) {
     const Vec* in = l == 0 ? x : hs + (l - 1) * T * Hp;
     const GruGrads g{dp[4 * l], dp[4 * l + 1], dp[4 * l + 2], dp[4 * l + 3]};
-    GruBackward(gru(l), T, in, l == 0 ? Ip : Hp, hs + l * T * Hp, Hp, save + l * T * 4 * Hp,
+    GruBackward(NetLayer(s, p, l), T, in, l == 0 ? Ip : Hp, hs + l * T * Hp, Hp, save + l * T * 4 * Hp,
                 dout, l == 0 ? nullptr : dprev, dgates, dgates + T * Gp, Gp, g);
     std::copy(dprev, dprev + T * Hp, dout);
   }
+}
+
+// The net's shape from its arguments, checked: flat (.., P), xs (.., B, T, I).
+ffi::Error NetShapeOf(const ffi::Buffer<ffi::F32>& flat, const ffi::Buffer<ffi::F32>& xs,
+                      ffi::Span<const int64_t> widths, int64_t layers, int64_t activation,
+                      NetShape* s) {
+  auto fd = flat.dimensions(), xd = xs.dimensions();
+  if (fd.size() < 1 || xd.size() < 3 || widths.size() < 2 || layers < 1) {
+    return ffi::Error::InvalidArgument("mlds gru net: arguments of too low rank");
+  }
+  *s = NetShape{layers, xd[xd.size() - 1], widths[0], widths[widths.size() - 1],
+                xd[xd.size() - 2], xd[xd.size() - 3], fd[fd.size() - 1],
+                std::vector<int64_t>(widths.begin(), widths.end()), activation};
+  int64_t expect = 0;
+  for (int64_t l = 0; l < layers; ++l) expect += 3 * s->hidden * ((l ? s->hidden : s->in) + s->hidden + 2);
+  for (size_t k = 0; k + 1 < s->widths.size(); ++k) expect += s->widths[k + 1] * (s->widths[k] + 1);
+  if (expect != s->params) {
+    return ffi::Error::InvalidArgument("mlds gru net: flat (P) disagrees with the widths");
+  }
+  for (int64_t w : s->widths)
+    if (w < 1 || w > kMaxWidth) return ffi::Error::InvalidArgument("mlds gru net: a width above 128");
+  if (s->in > kMaxWidth || activation < 0 || activation > 1) {
+    return ffi::Error::InvalidArgument("mlds gru net: input above 128 or unknown activation");
+  }
+  if (Leading(xs, 3) != Leading(flat, 1)) {
+    return ffi::Error::InvalidArgument("mlds gru net: arguments disagree on the leading axes");
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error GruNetBceImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> flat,
                          ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> ys,
                          ffi::Span<const int64_t> widths, int64_t layers, int64_t activation,
                          ffi::ResultBuffer<ffi::F32> logits, ffi::ResultBuffer<ffi::F32> dflat) {
-  auto fd = flat.dimensions(), xd = xs.dimensions(), yd = ys.dimensions();
-  if (fd.size() < 1 || xd.size() < 3 || yd.size() < 3 || widths.size() < 2 || layers < 1) {
-    return ffi::Error::InvalidArgument("mlds gru net: arguments of too low rank");
-  }
-  NetShape s{layers, xd[xd.size() - 1], widths[0], widths[widths.size() - 1],
-             xd[xd.size() - 2], xd[xd.size() - 3], fd[fd.size() - 1],
-             std::vector<int64_t>(widths.begin(), widths.end()), activation};
-  int64_t expect = 0;
-  for (int64_t l = 0; l < layers; ++l) expect += 3 * s.hidden * ((l ? s.hidden : s.in) + s.hidden + 2);
-  for (size_t k = 0; k + 1 < s.widths.size(); ++k) expect += s.widths[k + 1] * (s.widths[k] + 1);
-  if (expect != s.params || yd[yd.size() - 1] != s.out || yd[yd.size() - 2] != s.T ||
-      yd[yd.size() - 3] != s.B) {
-    return ffi::Error::InvalidArgument("mlds gru net: flat (P), xs (B, T, I), ys (B, T, O) disagree with the widths");
-  }
-  for (int64_t w : s.widths)
-    if (w < 1 || w > kMaxWidth) return ffi::Error::InvalidArgument("mlds gru net: a width above 128");
-  if (s.in > kMaxWidth || activation < 0 || activation > 1) {
-    return ffi::Error::InvalidArgument("mlds gru net: input above 128 or unknown activation");
-  }
-  const int64_t nets = Leading(flat, 1);
-  if (Leading(xs, 3) != nets || Leading(ys, 3) != nets) {
-    return ffi::Error::InvalidArgument("mlds gru net: arguments disagree on the leading axes");
+  NetShape s;
+  if (auto err = NetShapeOf(flat, xs, widths, layers, activation, &s); err.failure()) return err;
+  auto yd = ys.dimensions();
+  if (yd.size() < 3 || yd[yd.size() - 1] != s.out || yd[yd.size() - 2] != s.T ||
+      yd[yd.size() - 3] != s.B || Leading(ys, 3) != Leading(flat, 1)) {
+    return ffi::Error::InvalidArgument("mlds gru net: ys is not (.., B, T, O) like xs");
   }
   const int64_t P = s.params, TI = s.T * s.in, TO = s.T * s.out;
-  ParallelFor(pool, nets, [&](int64_t m) {
+  ParallelFor(pool, Leading(flat, 1), [&](int64_t m) {
     float* g = dflat->typed_data() + m * P;
     std::fill(g, g + P, 0.f);
     for (int64_t b0 = 0; b0 < s.B; b0 += kBlock) {
@@ -561,6 +603,26 @@ ffi::Error GruNetBceImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> flat,
                ys.typed_data() + (m * s.B + b0) * TO, logits->typed_data() + (m * s.B + b0) * TO,
                std::min(kBlock, s.B - b0));
     }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GruNetLogitsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> flat,
+                            ffi::Buffer<ffi::F32> xs, ffi::Span<const int64_t> widths,
+                            int64_t layers, int64_t activation,
+                            ffi::ResultBuffer<ffi::F32> logits) {
+  NetShape s;
+  if (auto err = NetShapeOf(flat, xs, widths, layers, activation, &s); err.failure()) return err;
+  const int64_t P = s.params, TI = s.T * s.in, TO = s.T * s.out;
+  const int64_t blocks = (s.B + kBlock - 1) / kBlock;
+  // No gradients to share: spread (net, block) pairs over threads.
+  ParallelFor(pool, Leading(flat, 1) * blocks, [&](int64_t item) {
+    const int64_t m = item / blocks, b0 = (item % blocks) * kBlock;
+    std::vector<const float*> p;
+    Locate<const float>(s, flat.typed_data() + m * P, p);
+    NetForward(s, p, xs.typed_data() + (m * s.B + b0) * TI,
+               logits->typed_data() + (m * s.B + b0) * TO, std::min(kBlock, s.B - b0),
+               NetScratch(s));
   });
   return ffi::Error::Success();
 }
@@ -604,3 +666,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MldsGruNetBce, GruNetBceImpl,
                                   .Attr<int64_t>("activation")
                                   .Ret<ffi::Buffer<ffi::F32>>()  // logits
                                   .Ret<ffi::Buffer<ffi::F32>>());  // dflat
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MldsGruNetLogits, GruNetLogitsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // flat
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs
+                                  .Attr<ffi::Span<const int64_t>>("widths")
+                                  .Attr<int64_t>("layers")
+                                  .Attr<int64_t>("activation")
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // logits
