@@ -203,16 +203,16 @@ def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.
     return jnp.stack(per_set) / (n * per_sequence)
 
 
-def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, new_id) -> NetState:
-    """One slot's whole step: take net `new_id` if >= 0, train `check_every` epochs, validate.
+def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: NetState) -> NetState:
+    """One slot's whole step: take the new net `fresh` (from `init_net`) if it is one
+    (net_id >= 0), train `check_every` epochs, validate.
 
     Validation decides the net's stop: converged when its bit accuracy reaches the
     threshold, capped at `max_epochs`. Nets join slots only between steps, so every net is
     checked exactly at epochs check_every, 2*check_every, ...
     """
     r = cfg.recipe
-    fresh = init_net(cfg, new_id)
-    state = jax.tree.map(lambda f, s: jnp.where(new_id >= 0, f, s), fresh, state)
+    state = jax.tree.map(lambda f, s: jnp.where(fresh.net_id >= 0, f, s), fresh, state)
     was_running = state.status == RUNNING
     state = jax.lax.fori_loop(
         0, r.check_every, lambda _, s: _train_epoch(cfg, data, s), state
@@ -287,16 +287,21 @@ class Population:
         self.data = TrainData.from_task_data(data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
 
-        def slot_step(state, new_id, data):
-            return train_chunk(cfg, data, state, new_id)
+        def init_nets(net_ids):
+            # One net at a time: vmapped over M slots, the init's random draws compile
+            # 2.5x slower (seconds per population size); each takes microseconds to run.
+            return jax.lax.map(functools.partial(init_net, cfg), net_ids)
+
+        def slot_step(state, fresh, data):
+            return train_chunk(cfg, data, state, fresh)
 
         def population_step(state, new_ids, data):
             self.traced_sizes.append(len(new_ids))
-            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, new_ids, data)
+            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, init_nets(new_ids), data)
 
         # The one place the slot axis is added and the step compiled.
         self._step = jax.jit(population_step, donate_argnums=0)
-        self._empty = jax.jit(jax.vmap(functools.partial(init_net, cfg)))
+        self._empty = jax.jit(init_nets)
 
     def run(self, net_ids: Sequence[int],
             on_step: Callable[[int, int], None] | None = None) -> Iterator[FinishedNets]:
