@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # A small DS1 tier (4 nets per machine) with the release recipe, its epoch cap lowered to
-# 400 so it finishes in minutes on 2 cores, with a progress bar; then its table.
+# 400 so it finishes in under a minute on 2 cores, with a progress bar; then its table.
 demo: $(STAMP)
 	$(BIN)/mlds generate ds1 --out out/ds1-demo.zarr --per-task 4 --set recipe.max_epochs=400
 	$(BIN)/mlds info out/ds1-demo.zarr
