@@ -84,9 +84,10 @@ class RunOptions:
     # `open_dataset(...).weights_memmap()` is one zero-copy [N, P] map (undone automatically
     # before the store is extended).
     pack: bool = True
-    # The GRU recurrence: "cpu-kernel" (compiled CPU kernel, several times faster on CPU),
-    # "xla" (lax.scan, any backend), or "auto" (the kernel where it applies). Same results
-    # to float rounding, so not part of the dataset's identity.
+    # How GRU nets run: "cpu-kernel" (compiled CPU kernels: each net's whole training step
+    # in one call where the head's activation is tanh or relu, else the GRU layers alone;
+    # about 12x faster on CPU), "xla" (lax.scan, any backend), or "auto" (the kernel where
+    # it applies). Same results to float rounding, so not part of the dataset's identity.
     recurrence: str = "auto"
 
     def __post_init__(self):
