@@ -1,11 +1,13 @@
-"""The GRU layer as a compiled CPU kernel (XLA FFI), for training on CPU.
+"""GRU nets as compiled CPU kernels (XLA FFI), for training on CPU.
 
 On CPU, XLA runs the time loop of our tiny nets far below the machine's arithmetic rate
-(see benchmarks/throughput.py and csrc/gru.cc). `gru_layer` computes exactly what
-`models.recurrent_layer` computes for a GRU, in one custom call per layer and direction:
-the forward pass and the backward pass through time, with sequences in the SIMD lanes.
-It is a `jax.custom_vjp`, so `grad`, `vmap` and `jit` work as usual (vmapped axes become
-leading net axes of the call).
+(see benchmarks/throughput.py and csrc/gru.cc). The kernels keep sequences in the SIMD
+lanes; vmapped axes become leading net axes of each call.
+  `gru_layer`       one GRU layer, what `models.recurrent_layer` computes (custom_vjp:
+                    forward and backward through time, one call each);
+  `gru_net_bce`     a whole net's mean-BCE training step, value and gradient in one call
+                    (custom_vjp);
+  `gru_net_logits`  a whole net's forward pass (validation).
 
 The C++ source ships with the package and is compiled on first use with the system's C++
 compiler for this machine's CPU, into a per-user cache keyed by the source, the flags, the
@@ -127,13 +129,17 @@ def net_supports(cell: str, input_size: int, widths: tuple[int, ...], activation
             and activation in HEAD_ACTIVATIONS)
 
 
+def _require() -> None:
+    if (reason := _load()) is not None:
+        raise KernelUnavailable(reason)
+
+
 def _f32(shape) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
 def _forward(w_ih, w_hh, b_ih, b_hh, xs):
-    if (reason := _load()) is not None:
-        raise KernelUnavailable(reason)
+    _require()
     hidden, (t, b) = w_hh.shape[-1], xs.shape[-2:]
     lead = xs.shape[:-3]
     call = jax.ffi.ffi_call(
@@ -179,8 +185,7 @@ def _net_attrs(widths, layers, activation) -> dict:
 
 
 def _net_call(flat, xs, ys, widths, layers, activation):
-    if (reason := _load()) is not None:
-        raise KernelUnavailable(reason)
+    _require()
     call = jax.ffi.ffi_call("mlds_gru_net_bce", (_f32(ys.shape), _f32(flat.shape)),
                             vmap_method="broadcast_all")
     return call(flat, xs, ys, **_net_attrs(widths, layers, activation))
@@ -189,8 +194,7 @@ def _net_call(flat, xs, ys, widths, layers, activation):
 def gru_net_logits(flat, xs, widths: tuple[int, ...], layers: int, activation: str):
     """The forward pass alone of the net `gru_net_bce` trains: flat (P,), xs (B, T, I) ->
     logits (B, T, widths[-1]). Not differentiable (validation and evaluation)."""
-    if (reason := _load()) is not None:
-        raise KernelUnavailable(reason)
+    _require()
     call = jax.ffi.ffi_call("mlds_gru_net_logits", _f32(xs.shape[:-1] + (widths[-1],)),
                             vmap_method="broadcast_all")
     return call(flat, xs, **_net_attrs(widths, layers, activation))

@@ -241,7 +241,7 @@ class RNNClassifier(nn.Module):
         one = xs.ndim == 2
         y = jnp.transpose(xs[None] if one else xs, (2, 1, 0))  # (I, T, B)
         y = _RecurrentStack(cfg, self.recurrence, name="rnn")(y)
-        widths = (cfg.hidden_size, *cfg.head_sizes, cfg.output_size)
+        widths = _widths(cfg)
         act = ACTIVATIONS[cfg.activation]
         for i in range(len(widths) - 1):
             y = _Linear(widths[i], widths[i + 1], name=f"head_{i}")(y)
@@ -320,6 +320,7 @@ def kernel_logits(cfg: NetworkConfig, flat, xs):
 
 
 def _widths(cfg: NetworkConfig) -> tuple[int, ...]:
+    """Feature widths through the head: the last recurrent layer's, each hidden one, the output."""
     return (cfg.hidden_size, *cfg.head_sizes, cfg.output_size)
 
 

@@ -282,7 +282,6 @@ class Population:
     def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int):
         self.cfg = cfg
         self.slots = slots
-        self.layout = models.param_layout(cfg.network)
         self.recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
         self.data = TrainData.from_task_data(data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
