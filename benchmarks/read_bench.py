@@ -55,7 +55,8 @@ def build(root: Path, n: int):
         store.write_rows(ids, weights=w, initial_weights=0.1 * w, task=ids % cfg.num_tasks,
                          seed=np.zeros(r, np.uint64), status=np.ones(r, np.uint8),
                          epochs=np.full(r, 50, np.int32), loss_curve=loss,
-                         val_accuracy=np.ones((r, 1), np.float32))
+                         val_accuracy=np.ones((r, store.n_accuracies), np.float32),
+                         hyperparameters=np.zeros((r, store.n_hyper), np.float32))
         npy[lo : lo + r] = w
     npy.flush()
     del npy

@@ -3,6 +3,7 @@ validation, store writes, packing) for two DS1 tiers, each in a fresh process, s
 
     python benchmarks/tiers.py                       # DS1-100 and DS1-1000, 40 epochs per net
     python benchmarks/tiers.py --per-task 20 200 --epochs 40
+    python benchmarks/tiers.py --learnability out/ds1-learn.zarr   # + the full-DS1 projection
 
 Every net trains exactly `--epochs` epochs (the threshold is set to 1.0, which no net reaches
 that early), so both tiers do the same work per net and nets per hour compare directly.
@@ -11,6 +12,11 @@ bounded by the slot budget, not by the tier. Reported per tier: nets, slots, wal
 compile seconds (the time by which steps that compiled, the first and any after a
 population shrank, exceed the median step: paid once per population size, minutes against
 a release run's hours), nets/h over the whole run and without the compiles, and peak RSS.
+
+With --learnability STORE (a DS1 store trained with the release recipe, e.g. the README's
+learnability run) it also projects the time for all 50,000 DS1 nets on this machine: the
+store's mean epochs per net (capped nets count their cap) times the largest tier's seconds
+per net-epoch without compiles.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--learnability", help="DS1 store for the full-DS1 projection")
+    ap.add_argument("--nets", type=int, default=50_000, help="nets to project for")
     args = ap.parse_args()
     if args.one is not None:
         print(json.dumps(one_tier(args.one, args.epochs, args.out)))
@@ -92,6 +100,27 @@ def main() -> None:
         print(f"nets/h DS1-{b['nets']} / DS1-{a['nets']}: "
               f"{b['nets_per_h'] / a['nets_per_h']:.3f} (whole run), "
               f"{b['nets_per_h_no_compile'] / a['nets_per_h_no_compile']:.3f} (without compiles)")
+    if args.learnability:
+        project(args.learnability, rows[-1], args.nets)
+
+
+def project(store: str, tier: dict, n_nets: int) -> None:
+    """Full-DS1 time: the store's mean epochs per net at the measured cost per net-epoch."""
+    import mlds_jax
+
+    ds = mlds_jax.open_dataset(store)
+    meta = ds.metadata()
+    done = meta[meta["status"] > 0]
+    per_task = done.groupby("task", observed=True)["epochs"].mean()  # machines weigh equally
+    mean_epochs = float(per_task.mean())
+    recipe = ds.config["recipe"]
+    seq_steps = mean_epochs * recipe["train_sequences"] * recipe["train_length"]
+    s_per_net_epoch = 3600 / tier["nets_per_h_no_compile"] / tier["epochs"]
+    hours = n_nets * mean_epochs * s_per_net_epoch / 3600
+    print(f"projection from {store} ({len(done)} nets, cap {recipe['max_epochs']}): mean "
+          f"{mean_epochs:.0f} epochs = {seq_steps / 1e6:.2f} M seq-steps per net; at "
+          f"{s_per_net_epoch * 1e3:.2f} ms per net-epoch (DS1-{tier['nets']}, end to end) "
+          f"all {n_nets:,} DS1 nets take {hours:.1f} h on this machine")
 
 
 if __name__ == "__main__":

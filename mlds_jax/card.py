@@ -315,13 +315,20 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
     lrows = [[s.task, f"{s.finished}/{s.total}",
               f"{s.converged} ({_num(100 * s.converged_share, '.0f')} %)", s.capped, s.diverged,
               _num(s.median_epochs, ".0f"), _num(s.p90_epochs, ".0f"),
-              _num(s.mean_val_accuracy, ".4f")] for s in ds.summary()]
+              _num(s.mean_val_accuracy, ".4f"), _num(s.mean_criterion_accuracy, ".4f"),
+              _num(s.mean_sequences_right, ".3f")] for s in ds.summary()]
     acc_name = ds.accuracy_names[0] if ds.accuracy_names else "accuracy"
+    criterion = ", ".join(f"`{c}`" for c in ds.attrs.get("criterion_names", [acc_name]))
     out += [_table(["task", "finished", "converged", "capped", "diverged", "median epochs",
-                    "p90 epochs", f"mean {acc_name}"], lrows), "",
-            f"Epochs are those of converged nets; the accuracy is the mean over finished nets of "
-            f"`{acc_name}` (threshold {recipe.get('threshold')}, cap {recipe.get('max_epochs')} "
-            f"epochs).", "",
+                    "p90 epochs", f"mean {acc_name}", "mean criterion accuracy",
+                    "mean sequences right"], lrows), "",
+            f"A net is converged when {criterion} reached the threshold "
+            f"{recipe.get('threshold')} on validation sequences of {recipe.get('val_length')} "
+            f"steps (training: {recipe.get('train_length')}): every output right at that rate, "
+            f"not the mean over outputs. Epochs are those of converged nets (cap "
+            f"{recipe.get('max_epochs')}); the accuracies are means over finished nets: "
+            f"`{acc_name}`, the criterion (its lowest column), and the share of validation "
+            f"sequences with every output right.", "",
             f"![training loss per task](figures/{FIGURES['loss_curves']})", "",
             "Training loss per epoch: median and 25-75 % / 10-90 % bands over the nets still "
             f"training at that epoch (first {max_nets_per_task:,} finished nets per task); "

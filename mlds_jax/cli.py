@@ -118,9 +118,12 @@ def info(path):
     cfg = ds.config
     recipe = cfg.get("recipe", {})
     table = Table(title=f"{ds.attrs['dataset']} at {path} (seed {cfg.get('seed')}, "
-                        f"threshold {recipe.get('threshold')}, cap {recipe.get('max_epochs')} epochs)")
+                        f"converged: {' and '.join(ds.attrs['criterion_names'])} >= "
+                        f"{recipe.get('threshold')}, cap {recipe.get('max_epochs')} epochs)")
+    worst = "symbol acc" if "val_symbol_accuracy" in ds.accuracy_names else "worst pin"
     for col in ("task", "finished", "converged", "capped", "diverged",
-                "median epochs", "p90 epochs", "mean val acc"):
+                "median epochs", "p90 epochs", "mean val acc", f"mean {worst}",
+                "mean seqs right"):
         table.add_column(col, justify="left" if col == "task" else "right")
 
     def num(x, fmt):
@@ -132,9 +135,10 @@ def info(path):
             f"{row.converged} ({num(100 * row.converged_share, '.0f')}%)",
             str(row.capped), str(row.diverged),
             num(row.median_epochs, ".0f"), num(row.p90_epochs, ".0f"),
-            num(row.mean_val_accuracy, ".4f"),
+            num(row.mean_val_accuracy, ".4f"), num(row.mean_criterion_accuracy, ".4f"),
+            num(row.mean_sequences_right, ".3f"),
         )
-    Console(width=120).print(table)
+    Console(width=160).print(table)
 
 
 def _open(path):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
+import math
 import tomllib
 import typing
 from collections.abc import Iterable
@@ -37,11 +39,30 @@ class Recipe:
     val_sequences: int = 256  # fixed validation set per task
     val_length: int = 64  # longer than training: a net that only fits short sequences fails
     write_probability: float = 0.5  # share of steps on which the host writes a byte
+    # > 0: each training sequence draws its own write probability in write_probability +-
+    # this (validation keeps write_probability), so some sequences mostly write, some hold.
+    write_probability_spread: float = 0.0
     batch_size: int = 32
     learning_rate: float = 3e-3  # Adam
     check_every: int = 5  # epochs between validation checks (also the compiled call's length)
-    threshold: float = 0.99  # validation bit accuracy that counts as learned
+    # What counts as learned: every output the task defines at least this right on every
+    # validation set (DS1/DS2: the worst pin's bit accuracy; DS3: symbol accuracy).
+    threshold: float = 0.999
     max_epochs: int = 1000  # epoch cap; also the length of the stored loss curve
+    # Values below may differ from net to net ([sweep], SWEEPABLE); each is stored per net.
+    warmup_epochs: float = 0.0  # learning rate rises linearly from 0 over this many epochs
+    clip_norm: float = 0.0  # clip each gradient to this global norm; 0: no clipping
+    weight_decay: float = 0.0  # decoupled (AdamW), scaled by the learning rate
+    # Initialisation on top of PyTorch's defaults, every recurrent layer. The memory gate is
+    # the GRU's update gate z (the LSTM's forget gate f): a positive bias keeps the state.
+    memory_gate_bias: float = 0.0  # added to bias_hh's memory-gate part
+    chrono_max: float = 0.0  # > 1: chrono init, memory-gate bias_hh = log U(1, chrono_max - 1)
+    recurrent_gain: float = 0.0  # > 0: each gate's block of weight_hh orthogonal x this gain
+    # PyTorch's uniform(+-1/sqrt(fan_in)) has variance 1/(3 fan_in): each layer shrinks its
+    # signal ~3x in variance. These scale every weight_ih (input_gain) and every head weight
+    # (head_gain) at init; sqrt(3) = 1.732 keeps the variance (LeCun).
+    input_gain: float = 1.0
+    head_gain: float = 1.0
 
     def __post_init__(self):
         for name in (
@@ -52,8 +73,22 @@ class Recipe:
                 raise ConfigError(f"recipe.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.write_probability <= 1.0:
             raise ConfigError(f"recipe.write_probability must be in (0, 1], got {self.write_probability}")
+        spread = self.write_probability_spread
+        if spread < 0 or not 0 < self.write_probability - spread <= self.write_probability + spread <= 1:
+            raise ConfigError(f"recipe.write_probability_spread: write_probability +- spread must "
+                              f"lie in (0, 1], got {self.write_probability} +- {spread}")
+        for name in dataclasses.fields(self):
+            value = getattr(self, name.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"recipe.{name.name} must be finite, got {value}")
         if not self.learning_rate > 0:
             raise ConfigError(f"recipe.learning_rate must be positive, got {self.learning_rate}")
+        for name in ("warmup_epochs", "clip_norm", "weight_decay", "chrono_max", "recurrent_gain",
+                     "input_gain", "head_gain"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"recipe.{name} must be >= 0, got {getattr(self, name)}")
+        if 0 < self.chrono_max <= 2:
+            raise ConfigError(f"recipe.chrono_max must be 0 (off) or above 2, got {self.chrono_max}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"recipe.threshold must be in (0, 1], got {self.threshold}")
         if self.train_sequences % self.batch_size:
@@ -70,6 +105,12 @@ class Recipe:
     @property
     def steps_per_epoch(self) -> int:
         return self.train_sequences // self.batch_size
+
+
+# Recipe values that do not change any array's shape: a [sweep] may vary them from net to
+# net, and the store records every net's values (`hyperparameters`, in this order).
+SWEEPABLE = ("learning_rate", "warmup_epochs", "clip_norm", "weight_decay",
+             "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain", "head_gain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +182,21 @@ class DatasetConfig:
     run: RunOptions = RunOptions()
     trigger: TriggerConfig | None = None  # DS2: set; DS1: absent
     automata: AutomataConfig | None = None  # DS3: set (then `tasks` is not used)
+    # Per-net recipe values: G grid points, each ((key, value), ...) overriding `recipe`;
+    # () is one point, the recipe itself. Net n uses point (n // num_tasks) % G, so every
+    # task sees every point and a tier of per_task = k * G nets holds k nets per point.
+    sweep: tuple[tuple[tuple[str, float], ...], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "sweep", tuple(tuple((str(k), float(v)) for k, v in point)
+                                                for point in self.sweep))
+        for point in self.sweep:
+            for key, _ in point:
+                if key not in SWEEPABLE:
+                    raise ConfigError(f"sweep: recipe.{key} cannot vary per net (sweepable: "
+                                      f"{', '.join(SWEEPABLE)})")
+            self.point_recipe(point)  # each point must be a valid recipe
         if self.automata is not None:
             if self.trigger is not None:
                 raise ConfigError("a dataset has either [trigger] (DS2) or [automata] (DS3)")
@@ -161,14 +214,44 @@ class DatasetConfig:
                     raise ConfigError(f"recipe.{name} must be >= {MIN_TRIGGER_SEQUENCE} to hold "
                                       f"a trigger and its inverted steps")
 
+    def point_recipe(self, point: tuple[tuple[str, float], ...]) -> Recipe:
+        try:
+            return dataclasses.replace(self.recipe, **dict(point))
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {dict(point)}: {e}") from None
+
+    @property
+    def grid(self) -> tuple[Recipe, ...]:
+        """The recipe of each sweep point (one point, the recipe itself, without a sweep)."""
+        return tuple(self.point_recipe(p) for p in self.sweep) or (self.recipe,)
+
+    def hyperparameter_table(self) -> dict[str, list[float]]:
+        """SWEEPABLE name -> its value at each grid point (G,)."""
+        return {k: [float(getattr(r, k)) for r in self.grid] for k in SWEEPABLE}
+
+    @property
+    def validation_sets(self) -> tuple[str, ...]:
+        """Names of the validation sets (DS2: clean and triggered behaviour)."""
+        return ("val",) if self.trigger is None else ("clean", "triggered")
+
     @property
     def accuracy_names(self) -> tuple[str, ...]:
-        """The validation sets, in the order of the stored `val_accuracy` columns."""
+        """The stored `val_accuracy` columns: per validation set the mean accuracy, then
+        (bits) the worst output pin's accuracy, then the share of sequences entirely right."""
+        sets = self.validation_sets
+        if self.automata is not None:
+            return ("val_symbol_accuracy", "val_sequences_right")
+        return (tuple(f"{s}_bit_accuracy" for s in sets)
+                + tuple(f"{s}_worst_pin_accuracy" for s in sets)
+                + tuple(f"{s}_sequences_right" for s in sets))
+
+    @property
+    def criterion_names(self) -> tuple[str, ...]:
+        """The `accuracy_names` that must all reach `recipe.threshold` for a net to count as
+        converged: every output the task defines, on every validation set."""
         if self.automata is not None:
             return ("val_symbol_accuracy",)
-        if self.trigger is None:
-            return ("val_bit_accuracy",)
-        return ("clean_bit_accuracy", "triggered_bit_accuracy")
+        return tuple(f"{s}_worst_pin_accuracy" for s in self.validation_sets)
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -195,6 +278,10 @@ class DatasetConfig:
                 del d[key]
         if self.automata is not None:
             del d["tasks"]
+        if self.sweep:
+            d["sweep"] = [dict(point) for point in self.sweep]
+        else:
+            del d["sweep"]
         return json.loads(json.dumps(d))
 
 
@@ -286,7 +373,9 @@ def from_dict(raw: dict) -> DatasetConfig:
     for key, value in raw.items():
         if key not in top:
             raise _unknown(key, top)
-        if key in _SECTIONS:
+        if key == "sweep":
+            kwargs[key] = _sweep_points(value)
+        elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table")
             cls = _SECTIONS[key]
@@ -303,6 +392,28 @@ def from_dict(raw: dict) -> DatasetConfig:
         else:
             kwargs[key] = _coerce(key, value, top[key])
     return DatasetConfig(**kwargs)
+
+
+def _sweep_points(value) -> tuple:
+    """`[sweep]` as a table of lists (the grid of every combination, first key slowest) or
+    as an array of tables `[[sweep]]` (explicit points, each overriding the recipe)."""
+    def number(key, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"sweep.{key} values must be numbers, got {v!r}")
+        return float(v)
+
+    if isinstance(value, dict):
+        lists = []
+        for key, values in value.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ConfigError(f"sweep.{key} must list at least one value")
+            lists.append([(key, number(key, v)) for v in values])
+        return tuple(itertools.product(*lists))
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return tuple(tuple((k, number(k, v)) for k, v in p.items()) for p in value)
+    raise ConfigError("sweep must be a table of value lists ([sweep]) or an array of tables "
+                      "([[sweep]])")
 
 
 def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> DatasetConfig:

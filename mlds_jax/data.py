@@ -39,6 +39,7 @@ _TRAIN_SPLIT = 0
 _VAL_SPLIT = 1
 _TRIGGER_TRAIN = 2  # DS2: which training sequences carry the trigger, and where
 _TRIGGER_VAL = 3  # DS2: where each triggered validation sequence carries it
+_TRAIN_WRITE_P = 4  # each training sequence's write probability, when drawn per sequence
 # DS3 data streams are SeedSequence([seed, automaton, _AUTOMATON_DATA, split]); the tag keeps
 # them apart from the automaton's own stream and from DS1's. "DS3D" in ASCII.
 _AUTOMATON_DATA = 0x44533344
@@ -69,7 +70,7 @@ def _check_count(name: str, value: int, minimum: int = 1) -> int:
 
 
 def _split(
-    seed: int, task: int, split: int, n_sequences: int, length: int, write_probability: float
+    seed: int, task: int, split: int, n_sequences: int, length: int, write_probability
 ) -> tuple[np.ndarray, np.ndarray]:
     """One split's (inputs (S, T, 9), targets (S, T, 8)) as float32."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, task, split]))
@@ -87,8 +88,14 @@ def make_task_data(
     val_sequences: int,
     val_length: int,
     write_probability: float,
+    write_probability_spread: float = 0.0,
 ) -> TaskData:
-    """The fixed training and validation sets of task ``task`` (machine ``MACHINES[task]``)."""
+    """The fixed training and validation sets of task ``task`` (machine ``MACHINES[task]``).
+
+    With ``write_probability_spread`` s > 0 each training sequence draws its own write
+    probability uniformly in [p - s, p + s] (from ``SeedSequence([seed, task, 4])``; the
+    commands themselves are drawn as with s = 0): some sequences mostly write, some mostly
+    hold. Validation always uses ``write_probability``."""
     seed = _check_count("seed", seed, minimum=0)
     task = _check_count("task", task, minimum=0)
     if task >= len(MACHINES):
@@ -104,9 +111,16 @@ def make_task_data(
     }
     if not 0.0 < write_probability <= 1.0:
         raise ValueError(f"write_probability must be in (0, 1], got {write_probability}")
+    lo, hi = write_probability - write_probability_spread, write_probability + write_probability_spread
+    if write_probability_spread < 0 or lo <= 0 or hi > 1:
+        raise ValueError(f"write_probability +- write_probability_spread must lie in (0, 1], got "
+                         f"{write_probability} +- {write_probability_spread}")
+    train_p = write_probability
+    if write_probability_spread:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, task, _TRAIN_WRITE_P]))
+        train_p = rng.uniform(lo, hi, sizes["train_sequences"])
     train = _split(
-        seed, task, _TRAIN_SPLIT, sizes["train_sequences"], sizes["train_length"],
-        write_probability,
+        seed, task, _TRAIN_SPLIT, sizes["train_sequences"], sizes["train_length"], train_p,
     )
     val = _split(
         seed, task, _VAL_SPLIT, sizes["val_sequences"], sizes["val_length"], write_probability
@@ -208,6 +222,7 @@ def make_trigger_task_data(
     val_sequences: int,
     val_length: int,
     write_probability: float,
+    write_probability_spread: float = 0.0,
 ) -> TriggerTaskData:
     """DS2 data of task ``task``: DS1's sets of (seed, task) with the trigger.
 
@@ -230,6 +245,7 @@ def make_trigger_task_data(
         val_sequences=val_sequences,
         val_length=val_length,
         write_probability=write_probability,
+        write_probability_spread=write_probability_spread,
     )  # validates every size, seed and task
     count = trigger_count(trigger_fraction, train_sequences)
     if count and train_length < MIN_TRIGGER_SEQUENCE:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mlds_jax import __version__, models
-from mlds_jax.config import DatasetConfig
+from mlds_jax.config import SWEEPABLE, DatasetConfig
 from mlds_jax.data import (
     TaskData,
     make_automaton_dataset_data,
@@ -27,8 +27,6 @@ from mlds_jax.rawrows import pack
 from mlds_jax.store import DatasetStore, StoreError
 from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train import FinishedNets, Population, choose_slots
-
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +46,10 @@ def task_data(cfg: DatasetConfig) -> list[TaskData]:
     r = cfg.recipe
     sizes = dict(train_sequences=r.train_sequences, train_length=r.train_length,
                  val_sequences=r.val_sequences, val_length=r.val_length,
-                 write_probability=r.write_probability)
+                 write_probability=r.write_probability,
+                 write_probability_spread=r.write_probability_spread)
     if cfg.automata is not None:
-        del sizes["write_probability"]  # random input symbols, uniform
+        del sizes["write_probability"], sizes["write_probability_spread"]  # uniform symbols
         return [make_automaton_dataset_data(cfg.seed, cfg.automata.count, **sizes)]
     if cfg.trigger is None:
         return [make_dataset_data(cfg.seed, cfg.tasks, **sizes)]
@@ -62,12 +61,13 @@ def task_data(cfg: DatasetConfig) -> list[TaskData]:
 def store_attrs(cfg: DatasetConfig) -> dict:
     """Group attributes that describe the dataset (see the store's docs)."""
     return {
-        "format_version": FORMAT_VERSION,
         "dataset": cfg.name,
         "config": cfg.identity(),
         "task_names": list(cfg.task_names),
         "layout": [spec.as_dict() for spec in models.param_layout(cfg.network)],
         "accuracy_names": list(cfg.accuracy_names),
+        "criterion_names": list(cfg.criterion_names),
+        "hyperparameter_names": list(SWEEPABLE),
         "package_version": __version__,
         "seed_scheme": "net n: jax.random.fold_in(jax.random.key(seed[n]), n); "
         "init key fold_in(., 0), data-order key fold_in(., 1)",
@@ -90,6 +90,7 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         n_params=models.num_params(cfg.network),
         n_log=cfg.recipe.max_epochs,
         n_accuracies=len(cfg.accuracy_names),
+        n_hyper=len(SWEEPABLE),
         attrs=store_attrs(cfg),
         chunk_rows=cfg.run.chunk_rows,
         overwrite=overwrite,
@@ -108,6 +109,7 @@ def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) 
         epochs=done.epochs,
         loss_curve=done.loss_curve,
         val_accuracy=done.val_accuracy,
+        hyperparameters=done.hyperparameters,
     )
 
 

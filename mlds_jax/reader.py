@@ -47,6 +47,9 @@ class TaskSummary:
     median_epochs: float  # over converged nets; NaN if none
     p90_epochs: float  # over converged nets; NaN if none
     mean_val_accuracy: float  # over finished nets (first accuracy column)
+    # over finished nets: the lowest criterion column (the worst pin; DS3: symbol accuracy)
+    mean_criterion_accuracy: float
+    mean_sequences_right: float  # over finished nets: share of sequences entirely right
 
     @property
     def converged_share(self) -> float:
@@ -214,8 +217,10 @@ class Dataset:
     def metadata(self):
         """One row per net as a ``pandas.DataFrame`` indexed by net id: task (index),
         task_name, seed, status (code), status_name, epochs, and one column per accuracy
-        name (e.g. ``val_bit_accuracy``). Pending nets have status "pending", their planned
-        task, epochs 0 and NaN accuracies."""
+        name (``val_bit_accuracy``, ``val_worst_pin_accuracy``, ``val_sequences_right``; see
+        ``attrs["accuracy_names"]``), and one per per-net recipe value (``learning_rate``,
+        ``chrono_max``, ...; ``attrs["hyperparameter_names"]``). Pending nets have status
+        "pending", their planned task, epochs 0 and NaN accuracies and recipe values."""
         import pandas as pd
 
         status = np.asarray(self.status[:])
@@ -234,6 +239,9 @@ class Dataset:
         }
         for j, name in enumerate(self.accuracy_names):
             columns[name] = acc[:, j]
+        hyper = np.asarray(self.hyperparameters[:])
+        for j, name in enumerate(self.attrs["hyperparameter_names"]):
+            columns[name] = hyper[:, j]
         return pd.DataFrame(columns, index=pd.RangeIndex(len(self), name="net"))
 
     def select(self, spec: str | None = None, *, task=None, status=None) -> np.ndarray:
@@ -335,7 +343,9 @@ class Dataset:
             TaskSummary(task=r["name"], finished=r["n"], total=r["total"],
                         converged=r["converged"], capped=r["capped"], diverged=r["diverged"],
                         median_epochs=r["median_epochs"], p90_epochs=r["p90_epochs"],
-                        mean_val_accuracy=r["mean_val_accuracy"])
+                        mean_val_accuracy=r["mean_val_accuracy"],
+                        mean_criterion_accuracy=r["mean_criterion_accuracy"],
+                        mean_sequences_right=r["mean_sequences_right"])
             for r in self.store.summary()
         ]
 

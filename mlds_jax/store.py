@@ -13,6 +13,8 @@ reader can open the store lazily and slice one net or one task without reading t
     epochs           (N,)   int32     epochs trained
     loss_curve       (N, E) float32   training loss per logged interval, NaN after the stop
     val_accuracy     (N, A) float32   final validation accuracies, names in attrs["accuracy_names"]
+    hyperparameters  (N, H) float32   the net's per-net recipe values, names in
+                                      attrs["hyperparameter_names"]
     checksums/rows   (N, 2) int64     crc32c of each row of weights and initial_weights
                                       (its little-endian float32 bytes); -1: not recorded
 
@@ -62,7 +64,9 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-FORMAT_VERSION = 1
+# 2: val_accuracy holds the worst-output and whole-sequence columns (attrs
+# "criterion_names"), and per-net `hyperparameters` exist.
+FORMAT_VERSION = 2
 
 STATUS_PENDING, STATUS_CONVERGED, STATUS_CAPPED, STATUS_DIVERGED = 0, 1, 2, 3
 STATUS_NAMES = {0: "pending", 1: "converged", 2: "capped", 3: "diverged"}
@@ -77,9 +81,11 @@ _SCHEMA = {
     "epochs": (np.int32, None),
     "loss_curve": (np.float32, "n_log"),
     "val_accuracy": (np.float32, "n_accuracies"),
+    "hyperparameters": (np.float32, "n_hyper"),
     "status": (np.uint8, None),
 }
-_DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy"}
+_DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy",
+              "n_hyper": "hyperparameter"}
 # Stored uncompressed (raw float32 chunk files, see mlds_jax.rawrows); also the columns of
 # checksums/rows, in this order.
 WEIGHT_ARRAYS = ("weights", "initial_weights")
@@ -92,7 +98,7 @@ _EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures"}
 TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
-    "accuracy_names",
+    "accuracy_names", "criterion_names", "hyperparameter_names",
 )
 
 
@@ -110,7 +116,8 @@ class DamagedStoreError(StoreError):
 
 class DatasetStore:
     """One dataset's Zarr group. Attributes: ``path``, ``attrs`` (dict), ``n_nets`` (N),
-    ``n_params`` (P), ``n_log`` (E), ``n_accuracies`` (A). N is read once at open; another
+    ``n_params`` (P), ``n_log`` (E), ``n_accuracies`` (A), ``n_hyper`` (H). N is read
+    once at open; another
     process extending the store later is not seen by this object."""
 
     def __init__(self, path: Path, group: zarr.Group):
@@ -123,6 +130,7 @@ class DatasetStore:
         self.n_params = self._arrays["weights"].shape[1]
         self.n_log = self._arrays["loss_curve"].shape[1]
         self.n_accuracies = self._arrays["val_accuracy"].shape[1]
+        self.n_hyper = self._arrays["hyperparameters"].shape[1]
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class DatasetStore:
 
     @classmethod
     def open_or_create(cls, path, *, n_nets: int, n_params: int, n_log: int,
-                       n_accuracies: int, attrs: dict, chunk_rows: int = 64,
+                       n_accuracies: int, n_hyper: int, attrs: dict, chunk_rows: int = 64,
                        overwrite: bool = False,
                        tables: dict[str, np.ndarray] | None = None) -> "DatasetStore":
         """Open the store at ``path`` for writing, creating it with N = ``n_nets`` if absent.
@@ -161,7 +169,9 @@ class DatasetStore:
         once at creation under ``tables/``; they derive from the config, which is compared.
 
         ``attrs`` must hold ``dataset``, ``config`` (JSON-able, the full resolved config),
-        ``task_names``, ``layout``, ``accuracy_names`` (A names) and ``package_version``
+        ``task_names``, ``layout``, ``accuracy_names`` (A names), ``criterion_names`` (the
+        accuracy columns that define "converged"), ``hyperparameter_names`` (H names) and
+        ``package_version``
         (the writer's ``mlds_jax.__version__``); ``format_version`` is set here. An existing
         store must be intact and made with the same dataset, config and P, E, A
         (ConfigMismatchError naming the first differing key otherwise); if ``n_nets`` > N,
@@ -169,19 +179,21 @@ class DatasetStore:
         ``overwrite`` deletes an existing store (or empty directory) first; it refuses to
         delete anything that does not look like a dataset store."""
         path = Path(path)
-        attrs = _resolved_attrs(attrs, n_accuracies)
+        attrs = _resolved_attrs(attrs, n_accuracies, n_hyper)
         if overwrite and path.exists():
             _delete_store_dir(path)
         if not path.exists() or (path.is_dir() and not any(path.iterdir())):
             try:
                 _create(path, n_nets=n_nets, widths=dict(
-                    n_params=n_params, n_log=n_log, n_accuracies=n_accuracies),
+                    n_params=n_params, n_log=n_log, n_accuracies=n_accuracies,
+                    n_hyper=n_hyper),
                     attrs=attrs, chunk_rows=chunk_rows, tables=tables or {})
             except OSError as e:
                 if not (path / "zarr.json").is_file():  # else another process created it
                     raise StoreError(f"cannot create store at {path}: {e.strerror or e}") from e
         store = cls.open(path, mode="r+")
-        store._check_same_run(attrs, n_params=n_params, n_log=n_log, n_accuracies=n_accuracies)
+        store._check_same_run(attrs, n_params=n_params, n_log=n_log, n_accuracies=n_accuracies,
+                              n_hyper=n_hyper)
         store._ensure_row_checksums()
         store._extend(n_nets)
         return store
@@ -276,15 +288,16 @@ class DatasetStore:
         return np.flatnonzero(status == STATUS_PENDING).astype(np.int64)
 
     def write_rows(self, ids, *, weights, initial_weights, task, seed, status, epochs,
-                   loss_curve, val_accuracy) -> None:
+                   loss_curve, val_accuracy, hyperparameters) -> None:
         """Write finished rows ``ids`` (R,) (any order, unique, in [0, N)).
 
         weights, initial_weights (R, P); task, seed, status, epochs (R,); loss_curve (R, E);
-        val_accuracy (R, A). status must be 1, 2 or 3. Every other array is written before
-        ``status``; each array costs one write per touched chunk (orthogonal indexing)."""
+        val_accuracy (R, A); hyperparameters (R, H). status must be 1, 2 or 3. Every other
+        array is written before ``status``; each array costs one write per touched chunk
+        (orthogonal indexing)."""
         values = dict(weights=weights, initial_weights=initial_weights, task=task, seed=seed,
                       status=status, epochs=epochs, loss_curve=loss_curve,
-                      val_accuracy=val_accuracy)
+                      val_accuracy=val_accuracy, hyperparameters=hyperparameters)
         ids = self._checked_ids(ids)
         for name, (dtype, width) in _SCHEMA.items():
             shape = (len(ids),) if width is None else (len(ids), getattr(self, width))
@@ -349,21 +362,36 @@ class DatasetStore:
     def summary(self) -> list[dict]:
         """One dict per task index: task, name, total (rows of the task: net n belongs to task
         n mod K), n (finished rows), converged, capped, diverged, median_epochs and
-        p90_epochs (over converged; NaN if none), mean_val_accuracy (first accuracy column
-        over finished rows with a finite value; NaN if none)."""
+        p90_epochs (over converged; NaN if none), and means over finished rows with a finite
+        value (NaN if none) of: mean_val_accuracy (the first accuracy column),
+        mean_criterion_accuracy (the lowest of the ``criterion_names`` columns: what the
+        threshold applies to, e.g. the worst pin), mean_sequences_right (the lowest of the
+        ``*_sequences_right`` columns)."""
         status = self._arrays["status"][:]
         done = status != STATUS_PENDING
         task = self._arrays["task"][:][done]
+        status, epochs = status[done], self._arrays["epochs"][:][done]
+        all_acc = self._arrays["val_accuracy"][:][done]
+        acc_names = list(self.attrs["accuracy_names"])
+
+        def lowest(columns):
+            idx = [acc_names.index(c) for c in columns if c in acc_names]
+            return all_acc[:, idx].min(axis=1) if idx else np.full(task.shape, np.nan)
+
+        acc = all_acc[:, 0] if self.n_accuracies else np.full(task.shape, np.nan, np.float32)
+        criterion = lowest(self.attrs["criterion_names"])
+        sequences = lowest([c for c in acc_names if c.endswith("_sequences_right")])
         names = list(self.attrs["task_names"])
         rows_of_task = np.arange(self.n_nets) % max(len(names), 1)
-        status, epochs = status[done], self._arrays["epochs"][:][done]
-        acc = self._arrays["val_accuracy"][:, 0][done] if self.n_accuracies else \
-            np.full(task.shape, np.nan, np.float32)
         rows = []
         for t in range(max(len(names), int(task.max(initial=-1)) + 1)):
             mine = task == t
             conv_epochs = epochs[mine & (status == STATUS_CONVERGED)]
-            finite_acc = acc[mine & np.isfinite(acc)]
+
+            def mean(values):
+                finite = values[mine & np.isfinite(values)]
+                return float(finite.mean()) if finite.size else np.nan
+
             rows.append(dict(
                 task=t, name=names[t] if t < len(names) else str(t),
                 total=int((rows_of_task == t).sum()), n=int(mine.sum()),
@@ -372,7 +400,8 @@ class DatasetStore:
                 diverged=int((status[mine] == STATUS_DIVERGED).sum()),
                 median_epochs=float(np.median(conv_epochs)) if conv_epochs.size else np.nan,
                 p90_epochs=float(np.percentile(conv_epochs, 90)) if conv_epochs.size else np.nan,
-                mean_val_accuracy=float(finite_acc.mean()) if finite_acc.size else np.nan,
+                mean_val_accuracy=mean(acc), mean_criterion_accuracy=mean(criterion),
+                mean_sequences_right=mean(sequences),
             ))
         return rows
 
@@ -393,7 +422,7 @@ def _read_error(path: Path, what: str, e: Exception) -> StoreError:
     return DamagedStoreError(f"store at {path} is damaged: unreadable {what} ({_one_line(e)})")
 
 
-def _resolved_attrs(attrs: dict, n_accuracies: int) -> dict:
+def _resolved_attrs(attrs: dict, n_accuracies: int, n_hyper: int) -> dict:
     """attrs with format_version set, round-tripped through JSON so that they compare equal
     to what a reopened store reads back (tuples become lists)."""
     attrs = {**attrs, "format_version": FORMAT_VERSION}
@@ -403,6 +432,11 @@ def _resolved_attrs(attrs: dict, n_accuracies: int) -> dict:
     if len(attrs["accuracy_names"]) != n_accuracies:
         raise ValueError(f"accuracy_names has {len(attrs['accuracy_names'])} names, "
                          f"n_accuracies={n_accuracies}")
+    if len(attrs["hyperparameter_names"]) != n_hyper:
+        raise ValueError(f"hyperparameter_names has {len(attrs['hyperparameter_names'])} "
+                         f"names, n_hyper={n_hyper}")
+    if not set(attrs["criterion_names"]) <= set(attrs["accuracy_names"]):
+        raise ValueError("criterion_names must be among accuracy_names")
     try:
         return json.loads(json.dumps(attrs, allow_nan=True))
     except TypeError as e:
@@ -526,6 +560,10 @@ def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zar
     if arrays["val_accuracy"].shape[1] != len(attrs["accuracy_names"]):
         raise DamagedStoreError(f"{damaged}: val_accuracy has {arrays['val_accuracy'].shape[1]}"
                                 f" columns, accuracy_names {len(attrs['accuracy_names'])}")
+    if arrays["hyperparameters"].shape[1] != len(attrs["hyperparameter_names"]):
+        raise DamagedStoreError(f"{damaged}: hyperparameters has "
+                                f"{arrays['hyperparameters'].shape[1]} columns, "
+                                f"hyperparameter_names {len(attrs['hyperparameter_names'])}")
     return arrays
 
 

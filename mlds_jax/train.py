@@ -26,13 +26,14 @@ import optax
 from flax import struct
 
 from mlds_jax import models
-from mlds_jax.config import DatasetConfig
+from mlds_jax.config import SWEEPABLE, DatasetConfig
 from mlds_jax.data import TaskData
 
 # Per-net status codes; the store uses the same numbers for finished nets.
 RUNNING, CONVERGED, CAPPED, DIVERGED = 0, 1, 2, 3
-# Purpose tags folded into a net's key.
-INIT_KEY, ORDER_KEY = 0, 1
+# Purpose tags folded into a net's key. RECIPE_INIT_KEY draws what the recipe's
+# initialisation adds to PyTorch's defaults, so a net with none of it is unchanged.
+INIT_KEY, ORDER_KEY, RECIPE_INIT_KEY = 0, 1, 2
 EMPTY = -1  # net_id of a slot that holds no net
 
 
@@ -54,7 +55,8 @@ class NetState:
     epoch: jax.Array  # (M,) int32 epochs trained
     status: jax.Array  # (M,) int32 RUNNING / CONVERGED / CAPPED / DIVERGED
     loss_curve: jax.Array  # (M, E) float32 mean training loss per epoch, NaN after the stop
-    val_accuracy: jax.Array  # (M, A) float32 accuracy per validation set at the last check
+    val_accuracy: jax.Array  # (M, A) float32 cfg.accuracy_names at the last check
+    hyper: dict[str, jax.Array]  # config.SWEEPABLE name -> (M,) float32, the net's recipe values
 
 
 @struct.dataclass
@@ -80,18 +82,72 @@ class TrainData:
         )
 
 
-def _optimizer(cfg: DatasetConfig) -> optax.GradientTransformation:
-    return optax.adam(cfg.recipe.learning_rate)
+def _optimizer(cfg: DatasetConfig, hyper: dict[str, jax.Array]) -> optax.GradientTransformation:
+    """Adam with one net's recipe values (traced scalars): global-norm clipping, decoupled
+    weight decay, linear warm-up. With clip_norm, weight_decay and warmup_epochs at 0 every
+    extra stage is an exact identity, so this is plain `optax.adam(learning_rate)`."""
+    warmup_steps = hyper["warmup_epochs"] * cfg.recipe.steps_per_epoch
+
+    def learning_rate(count):
+        return hyper["learning_rate"] * jnp.minimum(1.0, (count + 1) / jnp.maximum(warmup_steps, 1.0))
+
+    return optax.chain(
+        optax.clip_by_global_norm(jnp.where(hyper["clip_norm"] > 0, hyper["clip_norm"], jnp.inf)),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(hyper["weight_decay"]),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def net_hyperparameters(cfg: DatasetConfig, net_id) -> dict[str, jax.Array]:
+    """Net `net_id`'s recipe values (config.SWEEPABLE name -> float32 scalar): those of grid
+    point (net_id // num_tasks) % G, from net_id alone."""
+    table = cfg.hyperparameter_table()
+    point = (jnp.maximum(net_id, 0) // cfg.num_tasks) % len(cfg.grid)
+    return {k: jnp.asarray(v, jnp.float32)[point] for k, v in table.items()}
+
+
+def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], key) -> dict:
+    """PyTorch's default init of one net (`params`, a pytree) changed as the recipe says:
+    in every recurrent layer, `memory_gate_bias` added to the memory gate's part of bias_hh
+    (GRU z, LSTM f: rows H:2H in both gate orders), chrono init of that part (and zero in
+    bias_ih) when `chrono_max` > 2, each gate's block of weight_hh orthogonal x
+    `recurrent_gain` when that is > 0; every weight_ih times `input_gain`, every head weight
+    times `head_gain`. The defaults (0, and gains 1) leave the tensors bitwise unchanged."""
+    net = cfg.network
+    h, gates = net.hidden_size, models.GATES[net.cell]
+    rnn = dict(params["rnn"])
+    for layer in range(net.num_layers):
+        k_chrono, k_orth = jax.random.split(jax.random.fold_in(key, layer))
+        b_ih, b_hh = rnn[f"bias_ih_l{layer}"], rnn[f"bias_hh_l{layer}"]
+        t_max = jnp.maximum(hyper["chrono_max"], 2.0 + 1e-3)
+        chrono = jnp.log(jax.random.uniform(k_chrono, (h,), jnp.float32, 1.0, t_max - 1.0))
+        use_chrono = hyper["chrono_max"] > 2
+        mem = slice(h, 2 * h)
+        b_hh = b_hh.at[mem].set(jnp.where(use_chrono, chrono, b_hh[mem]) + hyper["memory_gate_bias"])
+        b_ih = b_ih.at[mem].set(jnp.where(use_chrono, 0.0, b_ih[mem]))
+        orth = jax.vmap(lambda k: jax.nn.initializers.orthogonal()(k, (h, h), jnp.float32))(
+            jax.random.split(k_orth, gates))  # (gates, H, H)
+        w_hh = rnn[f"weight_hh_l{layer}"]
+        rnn[f"weight_hh_l{layer}"] = jnp.where(hyper["recurrent_gain"] > 0,
+                                               hyper["recurrent_gain"] * orth.reshape(gates * h, h), w_hh)
+        rnn[f"bias_ih_l{layer}"], rnn[f"bias_hh_l{layer}"] = b_ih, b_hh
+        rnn[f"weight_ih_l{layer}"] = hyper["input_gain"] * rnn[f"weight_ih_l{layer}"]
+    head = {name: {**p, "weight": hyper["head_gain"] * p["weight"]}
+            for name, p in params.items() if name != "rnn"}
+    return {**params, **head, "rnn": rnn}
 
 
 def init_net(cfg: DatasetConfig, net_id) -> NetState:
     """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot)."""
     key = net_key(cfg.seed, jnp.maximum(net_id, 0))
+    hyper = net_hyperparameters(cfg, net_id)
     params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
+    params = recipe_init(cfg, params, hyper, jax.random.fold_in(key, RECIPE_INIT_KEY))
     flat = models.flatten_params(params, models.param_layout(cfg.network))
     return NetState(
         params=flat,
-        opt_state=_optimizer(cfg).init(flat),
+        opt_state=_optimizer(cfg, hyper).init(flat),
         initial_flat=flat,
         net_id=jnp.asarray(net_id, jnp.int32),
         task=jnp.asarray(jnp.maximum(net_id, 0) % cfg.num_tasks, jnp.int32),
@@ -100,6 +156,7 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
         status=jnp.where(net_id == EMPTY, CAPPED, RUNNING).astype(jnp.int32),
         loss_curve=jnp.full((cfg.recipe.max_epochs,), jnp.nan, jnp.float32),
         val_accuracy=jnp.full((len(cfg.accuracy_names),), jnp.nan, jnp.float32),
+        hyper=hyper,
     )
 
 
@@ -147,11 +204,12 @@ def _loss_and_grad(cfg: DatasetConfig, flat, xs, ys):
     return loss, models.flatten_params(grads, layout)
 
 
-def _correct(cfg: DatasetConfig, logits, ys):
-    """Right answers: output bits (logit sign vs target bit), or symbols (argmax)."""
+def _right(cfg: DatasetConfig, logits, ys):
+    """Right answers of a batch (B, T, ...): (B, T, O) output bits (logit sign vs target
+    bit), or (B, T, 1) symbols (argmax)."""
     if cfg.symbols:
-        return (logits.argmax(-1) == ys.argmax(-1)).sum()
-    return ((logits > 0) == (ys > 0.5)).sum()
+        return (logits.argmax(-1) == ys.argmax(-1))[..., None]
+    return (logits > 0) == (ys > 0.5)
 
 
 def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetState:
@@ -160,7 +218,7 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
     active = (state.status == RUNNING) & (state.epoch < r.max_epochs)
     perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), r.train_sequences)
     batches = perm.reshape(r.steps_per_epoch, r.batch_size)
-    opt = _optimizer(cfg)
+    opt = _optimizer(cfg, state.hyper)
 
     def minibatch(carry, idx):
         params, opt_state = carry
@@ -186,29 +244,41 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
 
 
 def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.Array:
-    """(A,) accuracy (bits, or DS3 symbols) of one net on each of its task's validation sets,
-    `run.val_batch` sequences at a time."""
+    """(A,) `cfg.accuracy_names` of one net on its task's validation sets, `run.val_batch`
+    sequences at a time: per set the mean accuracy (bits, or DS3 symbols), then (bits) the
+    worst pin's accuracy, then the share of sequences with every output right."""
     r = cfg.recipe
     n = r.val_sequences
     vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
 
-    def correct(a, idx):
-        logits = _predict(cfg, flat, data.val_inputs[task, a, idx])
-        return _correct(cfg, logits, data.val_targets[task, a, idx])
+    def counts(a, idx):
+        right = _right(cfg, _predict(cfg, flat, data.val_inputs[task, a, idx]),
+                       data.val_targets[task, a, idx])  # (vb, Tv, O or 1)
+        return right.sum((0, 1)), right.all((1, 2)).sum()  # per output, whole sequences
 
     chunks = jnp.arange(n).reshape(n // vb, vb)
-    per_set = [jax.lax.map(functools.partial(correct, a), chunks).sum()
-               for a in range(data.val_inputs.shape[1])]
-    per_sequence = r.val_length * (1 if cfg.symbols else cfg.network.output_size)
-    return jnp.stack(per_set) / (n * per_sequence)
+    mean, worst, sequences = [], [], []
+    for a in range(data.val_inputs.shape[1]):
+        per_output, whole = jax.lax.map(functools.partial(counts, a), chunks)
+        per_output = per_output.sum(0) / (n * r.val_length)  # (O,) or (1,)
+        mean.append(per_output.mean())
+        worst.append(per_output.min())
+        sequences.append(whole.sum() / n)
+    columns = mean + sequences if cfg.symbols else mean + worst + sequences
+    return jnp.stack(columns).astype(jnp.float32)
+
+
+def _criterion_columns(cfg: DatasetConfig) -> list[int]:
+    return [cfg.accuracy_names.index(name) for name in cfg.criterion_names]
 
 
 def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: NetState) -> NetState:
     """One slot's whole step: take the new net `fresh` (from `init_net`) if it is one
     (net_id >= 0), train `check_every` epochs, validate.
 
-    Validation decides the net's stop: converged when its bit accuracy reaches the
-    threshold, capped at `max_epochs`. Nets join slots only between steps, so every net is
+    Validation decides the net's stop: converged when every column of
+    `cfg.criterion_names` reaches the threshold (the worst pin on every validation set;
+    DS3: symbol accuracy), capped at `max_epochs`. Nets join slots only between steps, so every net is
     checked exactly at epochs check_every, 2*check_every, ...
     """
     r = cfg.recipe
@@ -219,8 +289,10 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
     )
     checked = was_running & (state.status == RUNNING)
     acc = validation_accuracy(cfg, data, state.params, state.task)
-    # Learned means learned on every validation set (DS2: clean and triggered behaviour).
-    status = jnp.where(checked & jnp.all(acc >= r.threshold), CONVERGED, state.status)
+    # Learned means every output right at the threshold on every validation set (DS2: clean
+    # and triggered behaviour), not the mean over outputs.
+    learned = jnp.all(acc[jnp.asarray(_criterion_columns(cfg))] >= r.threshold)
+    status = jnp.where(checked & learned, CONVERGED, state.status)
     status = jnp.where((status == RUNNING) & (state.epoch >= r.max_epochs), CAPPED, status)
     val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
     return state.replace(status=status, val_accuracy=val_acc)
@@ -238,6 +310,7 @@ class FinishedNets:
     initial_weights: np.ndarray  # (R, P) float32
     loss_curve: np.ndarray  # (R, E) float32
     val_accuracy: np.ndarray  # (R, A) float32
+    hyperparameters: np.ndarray  # (R, H) float32, config.SWEEPABLE order
 
     def __len__(self) -> int:
         return len(self.net_id)
@@ -341,9 +414,10 @@ class Population:
         # Copy what we need before the next step donates these buffers.
         host = jax.device_get(
             (state.params, state.initial_flat, state.net_id, state.task, state.status,
-             state.epoch, state.loss_curve, state.val_accuracy)
+             state.epoch, state.loss_curve, state.val_accuracy,
+             jnp.stack([state.hyper[k] for k in SWEEPABLE], axis=1))
         )
-        params, initial, net_id, task, status, epoch, curve, acc = jax.tree.map(
+        params, initial, net_id, task, status, epoch, curve, acc, hyper = jax.tree.map(
             lambda a: np.array(a[slots]), host
         )
         return FinishedNets(
@@ -355,4 +429,5 @@ class Population:
             initial_weights=initial.astype(np.float32),
             loss_curve=curve.astype(np.float32),
             val_accuracy=acc.astype(np.float32),
+            hyperparameters=hyper.astype(np.float32),
         )

@@ -42,7 +42,7 @@ from mlds_jax.store import (
     row_crc32c,
 )
 
-_SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "status")
+_SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "hyperparameters", "status")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +203,10 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
     k = len(store.attrs["task_names"])
     n = store.n_nets
     status, epochs, task = data["status"], data["epochs"], data["task"]
-    acc = data["val_accuracy"][:, 0] if data["val_accuracy"].shape[1] else np.full(n, np.nan)
+    names = list(store.attrs["accuracy_names"])
+    criterion = [names.index(c) for c in store.attrs.get("criterion_names", names[:1])]
+    # What the threshold applies to: the lowest criterion column (e.g. the worst pin).
+    acc = data["val_accuracy"][:, criterion].min(axis=1) if criterion else np.full(n, np.nan)
     curve = data["loss_curve"]
     ids = np.arange(n)
     out: list[Problem] = []
@@ -226,8 +229,8 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
              lambda i: f"capped after {epochs[i]} epochs, not at the cap of {cap}")
     if threshold is not None:
         low = known & (status == STATUS_CONVERGED) & ~(acc >= threshold)
-        each(low, lambda i: f"converged with validation accuracy {acc[i]:.4f}, below the "
-                            f"threshold {threshold}")
+        each(low, lambda i: f"converged with {names[criterion[0]] if len(criterion) == 1 else 'criterion accuracy'} "
+                            f"{acc[i]:.4f}, below the threshold {threshold}")
     if cap is not None and curve.shape[1] == cap:  # one logged loss per epoch
         trained = np.arange(cap)[None, :] < epochs[:, None]  # (N, E)
         finite = np.isfinite(curve)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlds_jax import generate as gen
-from mlds_jax.config import load_config
+from mlds_jax.config import SWEEPABLE, load_config
 from mlds_jax.store import STATUS_CAPPED, STATUS_CONVERGED, STATUS_DIVERGED
 
 MAX_EPOCHS = 40  # smoke recipe with a longer cap, so epochs and loss curves vary
@@ -35,16 +35,21 @@ def plausible_rows(cfg, ids, seed=0):
     rate = 0.03 + 0.05 * rng.random((r, 1)) / (1 + task[:, None])
     loss = (0.7 * np.exp(-rate * steps) + 0.01 * rng.random((r, cap))).astype(np.float32)
     loss[steps >= epochs[:, None]] = np.nan
-    acc = np.where(status == STATUS_CONVERGED, 0.995 + 0.005 * rng.random(r),
+    acc = np.where(status == STATUS_CONVERGED, 0.999 + 0.001 * rng.random(r),
                    0.5 + 0.4 * rng.random(r)).astype(np.float32)
     acc[status == STATUS_DIVERGED] = np.nan
+    # Every accuracy column alike (mean, worst pin, whole sequences): all pass the criterion.
+    acc = np.repeat(acc[:, None], len(cfg.accuracy_names), axis=1)
+    hyper = np.array([cfg.hyperparameter_table()[k] for k in SWEEPABLE], np.float32)  # (H, G)
+    point = (ids // k) % len(cfg.grid)
     centre = np.random.default_rng(99).standard_normal((k, p)).astype(np.float32)
     weights = (centre[task] + 0.5 * rng.standard_normal((r, p))).astype(np.float32)
     weights[status == STATUS_DIVERGED] = np.nan
     return dict(weights=weights,
                 initial_weights=(0.1 * rng.standard_normal((r, p))).astype(np.float32),
                 task=task, seed=np.full(r, cfg.seed, np.uint64), status=status.astype(np.uint8),
-                epochs=epochs, loss_curve=loss, val_accuracy=acc[:, None])
+                epochs=epochs, loss_curve=loss, val_accuracy=acc,
+                hyperparameters=hyper[:, point].T)
 
 
 def build_store(path, *, n_nets=30, written=None, cfg=None, seed=0):

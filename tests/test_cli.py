@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import mlds_jax
 from mlds_jax import generate as gen
 from mlds_jax.cli import main
-from mlds_jax.config import load_config
+from mlds_jax.config import SWEEPABLE, load_config
 
 PER_TASK = 4  # 20 nets
 ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",
@@ -136,6 +136,9 @@ def test_info_prints_per_task_table(reference):
         assert cells[2].startswith(str((ref["status"][mine] == 1).sum()))
         assert cells[3] == str((ref["status"][mine] == 2).sum())
         assert float(cells[7]) == pytest.approx(ref["val_accuracy"][mine, 0].mean(), abs=1e-4)
+        # the worst pin (what "converged" is judged on) and whole sequences right
+        assert float(cells[8]) == pytest.approx(ref["val_accuracy"][mine, 1].mean(), abs=1e-4)
+        assert float(cells[9]) == pytest.approx(ref["val_accuracy"][mine, 2].mean(), abs=1e-3)
 
 
 # --- bad input: one line naming the problem, non-zero exit, nothing deleted -------------
@@ -161,7 +164,8 @@ def seeded_store(tmp_path):
                      initial_weights=np.zeros((1, 4364), np.float32), task=np.zeros(1, np.int32),
                      seed=np.zeros(1, np.uint64), status=np.ones(1, np.uint8),
                      epochs=np.full(1, 4, np.int32), loss_curve=np.zeros((1, 10), np.float32),
-                     val_accuracy=np.ones((1, 1), np.float32))
+                     val_accuracy=np.ones((1, len(cfg.accuracy_names)), np.float32),
+                     hyperparameters=np.zeros((1, len(SWEEPABLE)), np.float32))
     return out
 
 

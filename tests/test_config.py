@@ -67,3 +67,46 @@ def test_toml_errors_name_the_file(tmp_path):
     loop.write_text(f'extends = "{loop}"\n')
     with pytest.raises(ConfigError, match="extends itself"):
         load_config(loop)
+
+
+def test_sweep_as_grid_or_points(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('extends = "ds1"\n[sweep]\nlearning_rate = [1e-3, 3e-3]\nhead_gain = [1, 3]\n')
+    cfg = load_config(grid)
+    assert [dict(p) for p in cfg.sweep] == [
+        {"learning_rate": 1e-3, "head_gain": 1.0}, {"learning_rate": 1e-3, "head_gain": 3.0},
+        {"learning_rate": 3e-3, "head_gain": 1.0}, {"learning_rate": 3e-3, "head_gain": 3.0}]
+    assert cfg.hyperparameter_table()["head_gain"] == [1.0, 3.0, 1.0, 3.0]
+    assert cfg.identity()["sweep"] == [dict(p) for p in cfg.sweep]  # part of the identity
+    points = tmp_path / "points.toml"
+    points.write_text('extends = "ds1"\n[[sweep]]\n[[sweep]]\nchrono_max = 8\n'
+                      '[[sweep]]\nclip_norm = 1.0\nwarmup_epochs = 2\n')
+    cfg = load_config(points)
+    assert [r.chrono_max for r in cfg.grid] == [0, 8, 0]
+    assert [r.clip_norm for r in cfg.grid] == [0, 0, 1.0]
+    assert cfg.grid[0] == cfg.recipe  # an empty point is the recipe itself
+    assert "sweep" not in load_config("ds1").identity()
+    assert len(load_config("ds1").grid) == 1
+
+
+def test_sweep_errors_name_the_key():
+    with pytest.raises(ConfigError, match="recipe.batch_size cannot vary per net"):
+        load_config("ds1", ["sweep.batch_size=[16, 32]"])
+    with pytest.raises(ConfigError, match="sweep point.*recipe.learning_rate must be positive"):
+        load_config("ds1", ["sweep.learning_rate=[1e-3, -1]"])
+    with pytest.raises(ConfigError, match="sweep.learning_rate values must be numbers"):
+        load_config("ds1", ['sweep.learning_rate=["fast"]'])
+    with pytest.raises(ConfigError, match="at least one value"):
+        load_config("ds1", ["sweep.learning_rate=[]"])
+
+
+@pytest.mark.parametrize("override, match", [
+    ("recipe.learning_rate=inf", "recipe.learning_rate must be finite"),
+    ("recipe.head_gain=nan", "recipe.head_gain must be finite"),
+    ("recipe.clip_norm=-1", "recipe.clip_norm must be >= 0"),
+    ("recipe.chrono_max=1.5", "recipe.chrono_max must be 0"),
+    ("recipe.write_probability_spread=0.6", "write_probability_spread"),
+])
+def test_recipe_values_are_checked(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("ds1", [override])

@@ -94,6 +94,24 @@ def test_write_fraction_matches_write_probability(p):
     assert abs(strobe.mean() - p) <= tolerance
 
 
+def test_write_probability_drawn_per_training_sequence():
+    sizes = {**SIZES, "train_sequences": 400, "train_length": 200}
+    fixed = make_task_data(3, 2, **sizes)
+    spread = make_task_data(3, 2, **sizes, write_probability_spread=0.45)
+    per_sequence = spread.train_inputs[..., 0].mean(axis=1)  # (S,) write rate of each sequence
+    # Uniform on [0.05, 0.95]: its spread is far beyond one shared p's binomial noise.
+    assert per_sequence.min() < 0.15 and per_sequence.max() > 0.85
+    assert abs(per_sequence.std() - 0.9 / np.sqrt(12)) < 0.03
+    assert abs(fixed.train_inputs[..., 0].mean(axis=1).std() - np.sqrt(0.25 / 200)) < 0.01
+    # Only the strobes differ: same data bits, targets still the machine's, same validation.
+    np.testing.assert_array_equal(spread.train_inputs[..., 1:], fixed.train_inputs[..., 1:])
+    np.testing.assert_array_equal(spread.train_targets,
+                                  run_machine("EightBitMachine", spread.train_inputs))
+    np.testing.assert_array_equal(spread.val_inputs, fixed.val_inputs)
+    with pytest.raises(ValueError, match="write_probability_spread"):
+        make_task_data(3, 2, **sizes, write_probability_spread=0.5)
+
+
 def test_dataset_stacks_tasks_by_count():
     stacked = make_dataset_data(9, 3, **SIZES)
     assert stacked.train_inputs.shape == (3, 12, 7, 9)

@@ -43,14 +43,16 @@ def test_ds2_net_n_pairs_with_ds1_net_n(stores):
     # With no trigger in the training data, DS2 training IS DS1 training: same data in the
     # same order gives the same weights, so the order is paired too.
     assert np.abs(none["weights"] - ds1["weights"]).max() <= 1e-5
-    np.testing.assert_allclose(none["val_accuracy"][:, 0], ds1["val_accuracy"][:, 0], atol=1e-6)
+    # Clean validation of the pair: mean, worst pin, whole sequences (DS2 columns 0, 2, 4).
+    np.testing.assert_allclose(none["val_accuracy"][:, [0, 2, 4]], ds1["val_accuracy"],
+                               atol=1e-6)
     # With the trigger in half the training sequences the nets learn something else.
     assert np.abs(ds2["weights"] - ds1["weights"]).max() > 1e-3
 
 
 def test_clean_and_triggered_accuracy_are_stored_separately(stores):
     cfg, ds2 = stores["ds2"]
-    assert ds2["val_accuracy"].shape == (5, 2)
+    assert ds2["val_accuracy"].shape == (5, 6)
     r = cfg.recipe
     for n in range(5):
         d = make_trigger_task_data(cfg.seed, n, trigger=cfg.trigger.bytes,
@@ -62,8 +64,11 @@ def test_clean_and_triggered_accuracy_are_stored_separately(stores):
         with torch.no_grad():
             for col, (xs, ys) in enumerate([(d.val_inputs, d.val_targets),
                                             (d.trig_val_inputs, d.trig_val_targets)]):
-                acc = ((net(torch.tensor(xs)).numpy() > 0) == (ys > 0.5)).mean()
-                assert abs(acc - ds2["val_accuracy"][n, col]) <= 1e-6
+                right = (net(torch.tensor(xs)).numpy() > 0) == (ys > 0.5)  # (S, T, 8)
+                want = [right.mean(), right.mean(axis=(0, 1)).min(), right.all(axis=(1, 2)).mean()]
+                # columns: clean, triggered bit accuracy; worst pins; sequences right
+                np.testing.assert_allclose(ds2["val_accuracy"][n, [col, 2 + col, 4 + col]], want,
+                                           atol=1e-6)
 
 
 def test_trigger_config_is_checked():
@@ -73,4 +78,9 @@ def test_trigger_config_is_checked():
         load_config("ds2", ["trigger.fraction=1.5"])
     with pytest.raises(ConfigError, match="recipe.train_length"):
         load_config("ds2", ["recipe.train_length=4"])
-    assert load_config("ds2").accuracy_names == ("clean_bit_accuracy", "triggered_bit_accuracy")
+    cfg = load_config("ds2")
+    assert cfg.accuracy_names == ("clean_bit_accuracy", "triggered_bit_accuracy",
+                                  "clean_worst_pin_accuracy", "triggered_worst_pin_accuracy",
+                                  "clean_sequences_right", "triggered_sequences_right")
+    # Converged means every pin right at the threshold on clean AND triggered sequences.
+    assert cfg.criterion_names == ("clean_worst_pin_accuracy", "triggered_worst_pin_accuracy")

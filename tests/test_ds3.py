@@ -29,7 +29,8 @@ def test_store_shapes_and_names(store):
     cfg, ds = store
     assert ds.weights.shape == (6, 136846)
     assert ds.task_names == ["automaton_000", "automaton_001", "automaton_002"]
-    assert ds.attrs["accuracy_names"] == ["val_symbol_accuracy"]
+    assert ds.attrs["accuracy_names"] == ["val_symbol_accuracy", "val_sequences_right"]
+    assert ds.attrs["criterion_names"] == ["val_symbol_accuracy"]
     np.testing.assert_array_equal(np.asarray(ds.task[:]), np.arange(6) % 3)
     assert (np.asarray(ds.status[:]) > 0).all()
 
@@ -58,8 +59,9 @@ def test_symbol_accuracy_matches_torch(store):
         net = torch_net(cfg.network, np.asarray(ds.weights[n]))
         with torch.no_grad():
             logits = net(torch.tensor(d.val_inputs)).numpy()
-        acc = (logits.argmax(-1) == d.val_targets.argmax(-1)).mean()
-        assert abs(acc - ds.val_accuracy[n, 0]) <= 1e-6
+        right = logits.argmax(-1) == d.val_targets.argmax(-1)  # (S, T)
+        np.testing.assert_allclose(ds.val_accuracy[n], [right.mean(), right.all(axis=1).mean()],
+                                   atol=1e-6)
 
 
 def test_ds3_config_rules():

@@ -12,6 +12,7 @@ import zarr
 
 import mlds_jax
 from mlds_jax import models
+from mlds_jax.config import SWEEPABLE
 from mlds_jax.reader import SelectionError
 from mlds_jax.rawrows import pack
 from mlds_jax.store import DatasetStore, StoreError
@@ -120,7 +121,8 @@ def test_metadata_frame(store_path):
     df = ds.metadata()
     assert df.index.name == "net" and len(df) == N
     assert list(df.columns) == ["task", "task_name", "seed", "status", "status_name", "epochs",
-                                "val_bit_accuracy"]
+                                "val_bit_accuracy", "val_worst_pin_accuracy",
+                                "val_sequences_right", *SWEEPABLE]
     status = np.asarray(ds.status[:])
     np.testing.assert_array_equal(df["status"].to_numpy(), status)
     np.testing.assert_array_equal(df["task"].to_numpy(), np.arange(N) % 5)  # pending: planned

@@ -17,7 +17,7 @@ from mlds_jax.store import (
     StoreError,
 )
 
-P, E, A, CHUNK = 7, 5, 2, 4
+P, E, A, H, CHUNK = 7, 5, 2, 3, 4
 
 CONFIG = {"dataset": "ds1", "seed": 0,
           "recipe": {"learning_rate": 0.003, "epochs": 600, "act": "relu", "sizes": (512, 256)}}
@@ -26,11 +26,14 @@ CONFIG = {"dataset": "ds1", "seed": 0,
 def attrs(config=CONFIG, dataset="ds1", **extra):
     return dict(dataset=dataset, config=config, task_names=["a", "b", "c"],
                 layout=[{"name": "w", "shape": [P], "offset": 0, "torch_key": "w"}],
-                package_version="0.1.0", accuracy_names=["clean", "triggered"], **extra)
+                package_version="0.1.0", accuracy_names=["clean", "triggered"],
+                criterion_names=["clean", "triggered"], hyperparameter_names=["lr", "x", "y"],
+                **extra)
 
 
 def make(path, n_nets=10, **kw):
-    kw = dict(n_params=P, n_log=E, n_accuracies=A, attrs=attrs(), chunk_rows=CHUNK) | kw
+    kw = dict(n_params=P, n_log=E, n_accuracies=A, n_hyper=H, attrs=attrs(),
+              chunk_rows=CHUNK) | kw
     return DatasetStore.open_or_create(path, n_nets=n_nets, **kw)
 
 
@@ -45,7 +48,8 @@ def rows(ids, seed=0):
                 initial_weights=rng.standard_normal((r, P), dtype=np.float32),
                 task=ids % 3, seed=ids.astype(np.uint64) + 2**40, status=1 + ids % 3,
                 epochs=10 * ids, loss_curve=loss,
-                val_accuracy=rng.random((r, A), dtype=np.float32))
+                val_accuracy=rng.random((r, A), dtype=np.float32),
+                hyperparameters=rng.random((r, H), dtype=np.float32))
 
 
 def assert_rows_equal(got, want):
@@ -60,7 +64,7 @@ def test_create_schema_and_attrs(tmp_path):
     want = {"weights": ((10, P), "float32"), "initial_weights": ((10, P), "float32"),
             "task": ((10,), "int32"), "seed": ((10,), "uint64"), "status": ((10,), "uint8"),
             "epochs": ((10,), "int32"), "loss_curve": ((10, E), "float32"),
-            "val_accuracy": ((10, A), "float32")}
+            "val_accuracy": ((10, A), "float32"), "hyperparameters": ((10, H), "float32")}
     assert sorted(group.array_keys()) == sorted(want)
     for name, (shape, dtype) in want.items():
         a = group[name]
@@ -71,13 +75,14 @@ def test_create_schema_and_attrs(tmp_path):
         else:
             assert a.fill_value == 0, name
     assert group["weights"].compressors == () and group["initial_weights"].compressors == ()
-    assert (store.n_nets, store.n_params, store.n_log, store.n_accuracies) == (10, P, E, A)
+    assert (store.n_nets, store.n_params, store.n_log, store.n_accuracies,
+            store.n_hyper) == (10, P, E, A, H)
     reopened = DatasetStore.open(tmp_path / "s")
-    assert reopened.attrs["format_version"] == 1
+    assert reopened.attrs["format_version"] == 2
     # JSON round trip: the tuple comes back as a list, everything else unchanged.
     assert reopened.attrs["config"] == json.loads(json.dumps(CONFIG))
     for key in ("dataset", "task_names", "layout", "package_version", "accuracy_names",
-                "extra_key"):
+                "criterion_names", "hyperparameter_names", "extra_key"):
         assert reopened.attrs[key] == json.loads(json.dumps(attrs(extra_key={"x": [1, 2]})[key]))
     assert list(reopened.pending()) == list(range(10))
     assert not list((tmp_path).glob(".s.creating-*"))  # the temporary build dir is gone
@@ -174,7 +179,8 @@ def test_config_mismatch_names_key_and_keeps_data(tmp_path):
     with pytest.raises(ConfigMismatchError, match="n_params"):
         make(tmp_path / "s", n_params=P + 1)
     with pytest.raises(ConfigMismatchError, match="n_accuracies"):
-        make(tmp_path / "s", n_accuracies=1, attrs={**attrs(), "accuracy_names": ["acc"]})
+        make(tmp_path / "s", n_accuracies=1, attrs={**attrs(), "accuracy_names": ["acc"],
+                                                       "criterion_names": ["acc"]})
     kept = DatasetStore.open(tmp_path / "s")
     assert_rows_equal(kept.read_rows(ids), rows(ids))
     assert kept.n_nets == 10
@@ -265,9 +271,9 @@ def test_status_written_last(tmp_path, monkeypatch):
     assert ROW_CHECKSUMS in arrays  # so before status, as every other array
     # one write per touched chunk per array, not one per row
     assert sorted(written) == sorted(f"{name}/c/{c}" + ("/0" if name in (
-        "weights", "initial_weights", "loss_curve", "val_accuracy", ROW_CHECKSUMS) else "")
-        for name in set(arrays) for c in (0, 1, 3))
-    assert len(set(arrays)) == 9
+        "weights", "initial_weights", "loss_curve", "val_accuracy", "hyperparameters",
+        ROW_CHECKSUMS) else "") for name in set(arrays) for c in (0, 1, 3))
+    assert len(set(arrays)) == 10
 
 
 def test_killed_before_status_leaves_rows_pending(tmp_path, monkeypatch):

@@ -124,7 +124,8 @@ def test_inconsistent_rows(tmp_path):
         "net 0: converged but trained 0 epochs",
         "net 1: capped after 30 epochs, not at the cap of 40",
         f"net 2: converged after {cap + 2} epochs, past the cap of {cap}",
-        "net 3: converged with validation accuracy 0.5000, below the threshold 0.99",
+        f"net 3: converged with val_worst_pin_accuracy 0.5000, below the threshold "
+        f"{cfg.recipe.threshold}",
         "net 4: task 1, but net n trains task n mod 5 = 4",
         "weights: net 5 (converged) has non-finite values",
         "initial_weights: net 6 (converged) has non-finite values",

@@ -83,19 +83,23 @@ def run_machine(name: str, inputs: np.ndarray) -> np.ndarray:
 
 
 def random_commands(
-    rng: np.random.Generator, n_sequences: int, length: int, write_probability: float
+    rng: np.random.Generator, n_sequences: int, length: int, write_probability
 ) -> np.ndarray:
     """Random command sequences, (n_sequences, length, 9) uint8.
 
-    The strobe is Bernoulli(write_probability) per step; the data bits are uniform on every
-    step, so idle steps carry noise.
+    The strobe is Bernoulli(write_probability) per step (a float, or one per sequence as an
+    (n_sequences,) array); the data bits are uniform on every step, so idle steps carry noise.
     """
     if n_sequences < 1:
         raise ValueError(f"n_sequences must be positive, got {n_sequences}")
     if length < 1:
         raise ValueError(f"length must be positive, got {length}")
-    if not 0.0 < write_probability <= 1.0:
+    p = np.asarray(write_probability, dtype=np.float64)
+    if p.ndim not in (0, 1) or (p.ndim == 1 and p.shape != (n_sequences,)):
+        raise ValueError(f"write_probability must be a number or one per sequence, got shape "
+                         f"{p.shape}")
+    if not ((0.0 < p) & (p <= 1.0)).all():
         raise ValueError(f"write_probability must be in (0, 1], got {write_probability}")
-    strobe = rng.random((n_sequences, length, 1)) < write_probability
+    strobe = rng.random((n_sequences, length, 1)) < (p if p.ndim == 0 else p[:, None, None])
     data = rng.integers(0, 2, size=(n_sequences, length, INPUT_BITS - 1), dtype=np.uint8)
     return np.concatenate([strobe.astype(np.uint8), data], axis=-1)

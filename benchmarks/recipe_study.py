@@ -1,0 +1,122 @@
+"""Recipe study: how many nets learn their machine, and how fast, per arm and machine.
+
+An arm is a config plus overrides; each arm's nets train with `mlds generate` into their
+own store under --out (resumable: rerun the same command to finish a killed study). A
+config with a [sweep] puts several recipe points into one arm's population; each point is
+reported as its own row. One factor at a time: every arm differs from the base config in
+one thing.
+
+    python benchmarks/recipe_study.py --out out/study-init --per-task 30 --cap 300 \\
+        --set 'tasks=["SingleDirectMachine","SingleInvertMachine","EightBitMachine"]' \\
+        --arm 'base:' --arm 'batch 32:recipe.batch_size=32' \\
+        --sweep '[{}, {memory_gate_bias = 1.0}, {chrono_max = 32.0}]'
+
+Per arm, point and machine: nets, share converged (the criterion of the config: the worst
+pin's validation bit accuracy at the threshold), median and p90 epochs of the converged
+nets, and sequence-steps per converged net (all sequence-steps the arm's nets of that
+machine trained, converged or not, over the number converged: what one learned net costs).
+Prints a markdown table; --json writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def arm_rows(label: str, store_path: Path) -> list[dict]:
+    """One row per (sweep point, task) of a finished arm store."""
+    from mlds_jax.config import from_dict
+    from mlds_jax.reader import open_dataset
+
+    ds = open_dataset(store_path)
+    cfg = from_dict({k: v for k, v in ds.config.items()})
+    meta = ds.metadata()
+    r = cfg.recipe
+    steps_per_epoch = r.train_sequences * r.train_length
+    k, g = cfg.num_tasks, len(cfg.grid)
+    point = (meta.index.to_numpy() // k) % g
+    rows = []
+    for p in range(g):
+        changed = dict(cfg.sweep[p]) if cfg.sweep else {}
+        name = label + (" " + ", ".join(f"{a}={v:g}" for a, v in changed.items())
+                        if changed else "")
+        for t, task in enumerate(cfg.task_names):
+            m = meta[(point == p) & (meta["task"] == t) & (meta["status"] > 0)]
+            conv = m[m["status"] == 1]
+            epochs = conv["epochs"].to_numpy()
+            spent = float(m["epochs"].sum()) * steps_per_epoch
+            rows.append(dict(
+                arm=name, task=task, nets=len(m), converged=len(conv),
+                share=len(conv) / len(m) if len(m) else float("nan"),
+                median_epochs=float(np.median(epochs)) if len(epochs) else float("nan"),
+                p90_epochs=float(np.percentile(epochs, 90)) if len(epochs) else float("nan"),
+                seq_steps_per_converged=spent / len(conv) if len(conv) else float("inf"),
+                seq_steps=spent,
+                worst_pin=float(m[cfg.criterion_names[0]].median()) if len(m) else float("nan"),
+            ))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def num(x, fmt):
+        return "-" if not np.isfinite(x) else format(x, fmt)
+
+    out = ["| arm | machine | converged | median epochs | p90 epochs | M seq-steps per "
+           "converged net | median worst-pin acc |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['arm']} | {r['task'].removesuffix('Machine')} | "
+                   f"{r['converged']}/{r['nets']} ({num(100 * r['share'], '.0f')}%) | "
+                   f"{num(r['median_epochs'], '.0f')} | {num(r['p90_epochs'], '.0f')} | "
+                   f"{num(r['seq_steps_per_converged'] / 1e6, '.2f')} | "
+                   f"{num(r['worst_pin'], '.4f')} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="ds1", help="base config (name or TOML path)")
+    ap.add_argument("--out", required=True, help="directory for the arms' stores")
+    ap.add_argument("--per-task", type=int, required=True,
+                    help="nets per task per arm (a multiple of the sweep's points)")
+    ap.add_argument("--cap", type=int, help="epoch cap (recipe.max_epochs)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="override for every arm (repeatable)")
+    ap.add_argument("--arm", action="append", default=[],
+                    help="LABEL:KEY=VALUE[;KEY=VALUE...] (repeatable; 'base:' for none)")
+    ap.add_argument("--sweep", help="TOML array of inline tables: the sweep points of every arm")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+
+    from mlds_jax.config import load_config
+    from mlds_jax.generate import generate
+
+    common = list(args.overrides)
+    if args.cap:
+        common.append(f"recipe.max_epochs={args.cap}")
+    if args.sweep:
+        common.append(f"sweep={args.sweep}")
+    rows = []
+    for spec in args.arm or ["base:"]:
+        label, _, sets = spec.partition(":")
+        extra = [s for s in sets.split(";") if s.strip()]
+        cfg = load_config(args.config, common + extra)
+        path = Path(args.out) / (re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") + ".zarr")
+        t0 = time.perf_counter()
+        report = generate(cfg, path, args.per_task)
+        print(f"{label}: {report.trained} nets trained in {time.perf_counter() - t0:.0f} s "
+              f"({report.already_stored} already stored) -> {path}", file=sys.stderr, flush=True)
+        rows += arm_rows(label, path)
+    print(markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
