@@ -51,6 +51,9 @@ class Recipe:
     max_epochs: int = 1000  # epoch cap; also the length of the stored loss curve
     # Values below may differ from net to net ([sweep], SWEEPABLE); each is stored per net.
     warmup_epochs: float = 0.0  # learning rate rises linearly from 0 over this many epochs
+    # > 0: the learning rate then halves every this many epochs, down to decay_floor x itself
+    decay_half_life: float = 0.0
+    decay_floor: float = 0.0
     clip_norm: float = 0.0  # clip each gradient to this global norm; 0: no clipping
     weight_decay: float = 0.0  # decoupled (AdamW), scaled by the learning rate
     # Initialisation on top of PyTorch's defaults, every recurrent layer. The memory gate is
@@ -84,9 +87,11 @@ class Recipe:
         if not self.learning_rate > 0:
             raise ConfigError(f"recipe.learning_rate must be positive, got {self.learning_rate}")
         for name in ("warmup_epochs", "clip_norm", "weight_decay", "chrono_max", "recurrent_gain",
-                     "input_gain", "head_gain"):
+                     "input_gain", "head_gain", "decay_half_life"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"recipe.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.decay_floor <= 1:
+            raise ConfigError(f"recipe.decay_floor must be in [0, 1], got {self.decay_floor}")
         if 0 < self.chrono_max <= 2:
             raise ConfigError(f"recipe.chrono_max must be 0 (off) or above 2, got {self.chrono_max}")
         if not 0.0 < self.threshold <= 1.0:
@@ -109,7 +114,8 @@ class Recipe:
 
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
 # net, and the store records every net's values (`hyperparameters`, in this order).
-SWEEPABLE = ("learning_rate", "warmup_epochs", "clip_norm", "weight_decay",
+SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor", "clip_norm",
+             "weight_decay",
              "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain", "head_gain")
 
 

@@ -84,12 +84,19 @@ class TrainData:
 
 def _optimizer(cfg: DatasetConfig, hyper: dict[str, jax.Array]) -> optax.GradientTransformation:
     """Adam with one net's recipe values (traced scalars): global-norm clipping, decoupled
-    weight decay, linear warm-up. With clip_norm, weight_decay and warmup_epochs at 0 every
-    extra stage is an exact identity, so this is plain `optax.adam(learning_rate)`."""
-    warmup_steps = hyper["warmup_epochs"] * cfg.recipe.steps_per_epoch
+    weight decay, linear warm-up, then (decay_half_life > 0) halving every decay_half_life
+    epochs down to decay_floor x the rate. With clip_norm, weight_decay, warmup_epochs and
+    decay_half_life at 0 every extra stage is an exact identity, so this is plain
+    `optax.adam(learning_rate)`."""
+    steps = cfg.recipe.steps_per_epoch
+    warmup_steps = hyper["warmup_epochs"] * steps
+    half_life = hyper["decay_half_life"] * steps
 
     def learning_rate(count):
-        return hyper["learning_rate"] * jnp.minimum(1.0, (count + 1) / jnp.maximum(warmup_steps, 1.0))
+        warm = jnp.minimum(1.0, (count + 1) / jnp.maximum(warmup_steps, 1.0))
+        after = jnp.maximum(count + 1 - warmup_steps, 0.0) / jnp.maximum(half_life, 1.0)
+        decay = jnp.where(half_life > 0, jnp.maximum(0.5 ** after, hyper["decay_floor"]), 1.0)
+        return hyper["learning_rate"] * warm * decay
 
     return optax.chain(
         optax.clip_by_global_norm(jnp.where(hyper["clip_norm"] > 0, hyper["clip_norm"], jnp.inf)),

@@ -47,7 +47,7 @@ def test_readme_sections_and_tables(carded):
     # learnability, the resolved config, every tensor of the layout
     s = ds.summary()[0]
     assert f"| {s.task} | {s.finished}/{s.total} | {s.converged} (" in text
-    assert '"max_epochs": 40' in text and "| `learning_rate` | `0.003` |" in text
+    assert '"max_epochs": 40' in text and "| `learning_rate` | `0.02` |" in text
     layout_rows = re.findall(r"^\| `(rnn|head)\.[^`]+` \| [0-9x]+ \| \d+ \| \d+ \|$", text,
                              flags=re.M)
     assert len(layout_rows) == len(ds.layout) == 24
