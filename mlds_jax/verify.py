@@ -229,8 +229,9 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
              lambda i: f"capped after {epochs[i]} epochs, not at the cap of {cap}")
     if threshold is not None:
         low = known & (status == STATUS_CONVERGED) & ~(acc >= threshold)
-        each(low, lambda i: f"converged with {names[criterion[0]] if len(criterion) == 1 else 'criterion accuracy'} "
-                            f"{acc[i]:.4f}, below the threshold {threshold}")
+        what = names[criterion[0]] if len(criterion) == 1 else "criterion accuracy"
+        each(low, lambda i: f"converged with {what} {acc[i]:.4f}, below the threshold "
+                            f"{threshold}")
     if cap is not None and curve.shape[1] == cap:  # one logged loss per epoch
         trained = np.arange(cap)[None, :] < epochs[:, None]  # (N, E)
         finite = np.isfinite(curve)
