@@ -52,6 +52,7 @@ def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
     data = rng.integers(0, 2, (sequences, length, 8), dtype=np.uint8)
     xs = torch.tensor(np.concatenate([strobe[..., None], data], axis=2), dtype=torch.float32)
     targets = {name: machine_trace(name, strobe, data) for name in ds.task_names}
+    worst = ds.accuracy_names.index("val_worst_pin_accuracy")
     rows = []
     for n in ids:
         task = ds.task_names[int(ds.task[n])]
@@ -61,7 +62,7 @@ def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
         rows.append(dict(net=int(n), task=task, worst_pin=float(per_pin.min()),
                          worst_pin_index=int(per_pin.argmin()),
                          sequences_right=float(right.all(axis=(1, 2)).mean()),
-                         stored_worst_pin=float(ds.val_accuracy[n, 1])))
+                         stored_worst_pin=float(ds.val_accuracy[n, worst])))
     return rows
 
 

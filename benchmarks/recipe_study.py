@@ -13,8 +13,9 @@ one thing.
 
 Per arm, point and machine: nets, share converged (the criterion of the config: the worst
 pin's validation bit accuracy at the threshold), median and p90 epochs of the converged
-nets, and sequence-steps per converged net (all sequence-steps the arm's nets of that
-machine trained, converged or not, over the number converged: what one learned net costs).
+nets, sequence-steps per converged net (all sequence-steps the arm's nets of that machine
+trained, converged or not, over the number converged: what one learned net costs), and the
+median of the criterion (the worst pin; DS2: the lower of clean and triggered).
 Prints a markdown table; --json writes the rows.
 """
 
@@ -36,7 +37,7 @@ def arm_rows(label: str, store_path: Path) -> list[dict]:
     from mlds_jax.reader import open_dataset
 
     ds = open_dataset(store_path)
-    cfg = from_dict({k: v for k, v in ds.config.items()})
+    cfg = from_dict(ds.config)
     meta = ds.metadata()
     r = cfg.recipe
     steps_per_epoch = r.train_sequences * r.train_length
@@ -59,7 +60,8 @@ def arm_rows(label: str, store_path: Path) -> list[dict]:
                 p90_epochs=float(np.percentile(epochs, 90)) if len(epochs) else float("nan"),
                 seq_steps_per_converged=spent / len(conv) if len(conv) else float("inf"),
                 seq_steps=spent,
-                worst_pin=float(m[cfg.criterion_names[0]].median()) if len(m) else float("nan"),
+                worst_pin=float(m[list(cfg.criterion_names)].min(axis=1).median())
+                if len(m) else float("nan"),
             ))
     return rows
 

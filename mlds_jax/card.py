@@ -318,7 +318,7 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
               _num(s.mean_val_accuracy, ".4f"), _num(s.mean_criterion_accuracy, ".4f"),
               _num(s.mean_sequences_right, ".3f")] for s in ds.summary()]
     acc_name = ds.accuracy_names[0] if ds.accuracy_names else "accuracy"
-    criterion = ", ".join(f"`{c}`" for c in ds.attrs.get("criterion_names", [acc_name]))
+    criterion = ", ".join(f"`{c}`" for c in ds.attrs["criterion_names"])
     out += [_table(["task", "finished", "converged", "capped", "diverged", "median epochs",
                     "p90 epochs", f"mean {acc_name}", "mean criterion accuracy",
                     "mean sequences right"], lrows), "",

@@ -68,6 +68,10 @@ class Recipe:
     head_gain: float = 1.0
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"recipe.{field.name} must be finite, got {value}")
         for name in (
             "train_sequences", "train_length", "val_sequences", "val_length",
             "batch_size", "check_every", "max_epochs",
@@ -77,13 +81,10 @@ class Recipe:
         if not 0.0 < self.write_probability <= 1.0:
             raise ConfigError(f"recipe.write_probability must be in (0, 1], got {self.write_probability}")
         spread = self.write_probability_spread
-        if spread < 0 or not 0 < self.write_probability - spread <= self.write_probability + spread <= 1:
+        if spread < 0 or not 0 < self.write_probability - spread <= \
+                self.write_probability + spread <= 1:
             raise ConfigError(f"recipe.write_probability_spread: write_probability +- spread must "
                               f"lie in (0, 1], got {self.write_probability} +- {spread}")
-        for name in dataclasses.fields(self):
-            value = getattr(self, name.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"recipe.{name.name} must be finite, got {value}")
         if not self.learning_rate > 0:
             raise ConfigError(f"recipe.learning_rate must be positive, got {self.learning_rate}")
         for name in ("warmup_epochs", "clip_norm", "weight_decay", "chrono_max", "recurrent_gain",
@@ -93,7 +94,8 @@ class Recipe:
         if not 0 <= self.decay_floor <= 1:
             raise ConfigError(f"recipe.decay_floor must be in [0, 1], got {self.decay_floor}")
         if 0 < self.chrono_max <= 2:
-            raise ConfigError(f"recipe.chrono_max must be 0 (off) or above 2, got {self.chrono_max}")
+            raise ConfigError(f"recipe.chrono_max must be 0 (off) or above 2, "
+                              f"got {self.chrono_max}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"recipe.threshold must be in (0, 1], got {self.threshold}")
         if self.train_sequences % self.batch_size:
@@ -115,8 +117,8 @@ class Recipe:
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
 # net, and the store records every net's values (`hyperparameters`, in this order).
 SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor", "clip_norm",
-             "weight_decay",
-             "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain", "head_gain")
+             "weight_decay", "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain",
+             "head_gain")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,7 +111,8 @@ def make_task_data(
     }
     if not 0.0 < write_probability <= 1.0:
         raise ValueError(f"write_probability must be in (0, 1], got {write_probability}")
-    lo, hi = write_probability - write_probability_spread, write_probability + write_probability_spread
+    spread = write_probability_spread
+    lo, hi = write_probability - spread, write_probability + spread
     if write_probability_spread < 0 or lo <= 0 or hi > 1:
         raise ValueError(f"write_probability +- write_probability_spread must lie in (0, 1], got "
                          f"{write_probability} +- {write_probability_spread}")

@@ -117,8 +117,7 @@ class DamagedStoreError(StoreError):
 class DatasetStore:
     """One dataset's Zarr group. Attributes: ``path``, ``attrs`` (dict), ``n_nets`` (N),
     ``n_params`` (P), ``n_log`` (E), ``n_accuracies`` (A), ``n_hyper`` (H). N is read
-    once at open; another
-    process extending the store later is not seen by this object."""
+    once at open; another process extending the store later is not seen by this object."""
 
     def __init__(self, path: Path, group: zarr.Group):
         self.path = path
@@ -171,9 +170,9 @@ class DatasetStore:
         ``attrs`` must hold ``dataset``, ``config`` (JSON-able, the full resolved config),
         ``task_names``, ``layout``, ``accuracy_names`` (A names), ``criterion_names`` (the
         accuracy columns that define "converged"), ``hyperparameter_names`` (H names) and
-        ``package_version``
-        (the writer's ``mlds_jax.__version__``); ``format_version`` is set here. An existing
-        store must be intact and made with the same dataset, config and P, E, A
+        ``package_version`` (the writer's ``mlds_jax.__version__``); ``format_version`` is
+        set here. An existing store must be intact and made with the same dataset, config
+        and P, E, A, H
         (ConfigMismatchError naming the first differing key otherwise); if ``n_nets`` > N,
         every array is extended along N with the new rows pending. Never shrinks.
         ``overwrite`` deletes an existing store (or empty directory) first; it refuses to

@@ -131,13 +131,14 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
         chrono = jnp.log(jax.random.uniform(k_chrono, (h,), jnp.float32, 1.0, t_max - 1.0))
         use_chrono = hyper["chrono_max"] > 2
         mem = slice(h, 2 * h)
-        b_hh = b_hh.at[mem].set(jnp.where(use_chrono, chrono, b_hh[mem]) + hyper["memory_gate_bias"])
+        b_hh = b_hh.at[mem].set(jnp.where(use_chrono, chrono, b_hh[mem])
+                                + hyper["memory_gate_bias"])
         b_ih = b_ih.at[mem].set(jnp.where(use_chrono, 0.0, b_ih[mem]))
         orth = jax.vmap(lambda k: jax.nn.initializers.orthogonal()(k, (h, h), jnp.float32))(
             jax.random.split(k_orth, gates))  # (gates, H, H)
-        w_hh = rnn[f"weight_hh_l{layer}"]
         rnn[f"weight_hh_l{layer}"] = jnp.where(hyper["recurrent_gain"] > 0,
-                                               hyper["recurrent_gain"] * orth.reshape(gates * h, h), w_hh)
+                                               hyper["recurrent_gain"] * orth.reshape(-1, h),
+                                               rnn[f"weight_hh_l{layer}"])
         rnn[f"bias_ih_l{layer}"], rnn[f"bias_hh_l{layer}"] = b_ih, b_hh
         rnn[f"weight_ih_l{layer}"] = hyper["input_gain"] * rnn[f"weight_ih_l{layer}"]
     head = {name: {**p, "weight": hyper["head_gain"] * p["weight"]}
@@ -285,8 +286,8 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
 
     Validation decides the net's stop: converged when every column of
     `cfg.criterion_names` reaches the threshold (the worst pin on every validation set;
-    DS3: symbol accuracy), capped at `max_epochs`. Nets join slots only between steps, so every net is
-    checked exactly at epochs check_every, 2*check_every, ...
+    DS3: symbol accuracy), capped at `max_epochs`. Nets join slots only between steps, so
+    every net is checked exactly at epochs check_every, 2*check_every, ...
     """
     r = cfg.recipe
     state = jax.tree.map(lambda f, s: jnp.where(fresh.net_id >= 0, f, s), fresh, state)
@@ -421,9 +422,9 @@ class Population:
         # Copy what we need before the next step donates these buffers.
         host = jax.device_get(
             (state.params, state.initial_flat, state.net_id, state.task, state.status,
-             state.epoch, state.loss_curve, state.val_accuracy,
-             jnp.stack([state.hyper[k] for k in SWEEPABLE], axis=1))
+             state.epoch, state.loss_curve, state.val_accuracy, state.hyper)
         )
+        host = (*host[:-1], np.stack([host[-1][k] for k in SWEEPABLE], axis=1))  # (M, H)
         params, initial, net_id, task, status, epoch, curve, acc, hyper = jax.tree.map(
             lambda a: np.array(a[slots]), host
         )

@@ -204,7 +204,7 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
     n = store.n_nets
     status, epochs, task = data["status"], data["epochs"], data["task"]
     names = list(store.attrs["accuracy_names"])
-    criterion = [names.index(c) for c in store.attrs.get("criterion_names", names[:1])]
+    criterion = [names.index(c) for c in store.attrs["criterion_names"]]
     # What the threshold applies to: the lowest criterion column (e.g. the worst pin).
     acc = data["val_accuracy"][:, criterion].min(axis=1) if criterion else np.full(n, np.nan)
     curve = data["loss_curve"]
