@@ -7,6 +7,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from mlds_jax.reader import Dataset, TaskSummary, open_dataset  # noqa: E402
-
 __all__ = ["Dataset", "TaskSummary", "open_dataset", "__version__"]
+
+
+def __getattr__(name: str):
+    # The reader (and zarr under it) loads on first use, so `import mlds_jax` and the `mlds`
+    # entry point start at once (mlds_jax._entry handles a stop during the heavy imports).
+    if name in ("Dataset", "TaskSummary", "open_dataset"):
+        from mlds_jax import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module 'mlds_jax' has no attribute {name!r}")

@@ -62,7 +62,7 @@ def write_card(ds: Dataset, out_dir: str | Path | None = None, *, max_nets_per_t
     out_dir = Path(out_dir) if out_dir is not None else ds.path
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    status = np.asarray(ds.status[:])
+    status = ds.store.read_array("status")
     task = ds.tasks()
     plot_loss_curves(ds, status, task, figures / FIGURES["loss_curves"], max_nets_per_task)
     plot_epochs(ds, status, task, figures / FIGURES["epochs"])
@@ -169,7 +169,7 @@ def plot_epochs(ds: Dataset, status, task, path: Path):
 
     k = len(ds.task_names)
     fig, axes = _grid(k)
-    epochs = np.asarray(ds.epochs[:])
+    epochs = ds.store.read_array("epochs")
     recipe = ds.config.get("recipe", {})
     cap = recipe.get("max_epochs") or max(int(epochs.max(initial=1)), 1)
     # Nets are checked every check_every epochs: bins of whole check intervals, <= 40 bins.
@@ -267,7 +267,7 @@ def _num(x: float, fmt: str) -> str:
 def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int = 1000,
                   max_points: int = 2000) -> str:
     """The card's Markdown text (figures referenced under figures/)."""
-    status = np.asarray(ds.status[:]) if status is None else status
+    status = ds.store.read_array("status") if status is None else status
     task = ds.tasks() if task is None else task
     cfg, net = ds.config, ds.network
     recipe = cfg.get("recipe", {})

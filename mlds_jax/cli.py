@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import click
@@ -18,7 +19,32 @@ class _Fail(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-@click.group()
+class _Group(click.Group):
+    """Every command ends in one line, never a traceback: a StoreError or OSError is the
+    user's to fix and says how; anything else is a bug, shown in full with MLDS_DEBUG=1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (StoreError, ConfigError) as e:
+            raise _Fail(str(e)) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise _Fail(f"{where}{e.strerror or e}") from None
+        except Exception as e:
+            if os.environ.get("MLDS_DEBUG"):
+                raise
+            text = str(e).strip().splitlines()
+            raise _Fail(f"unexpected {type(e).__name__}: {text[0] if text else ''} (a bug: "
+                        f"MLDS_DEBUG=1 shows where; please report it)") from None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="mlds-jax")
 def main():
     """MLDS-JAX: datasets of trained neural networks."""
@@ -43,6 +69,7 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
     from tqdm import tqdm
 
     from mlds_jax import generate as gen
+    from mlds_jax.signals import Interrupted, stop_signals
 
     overrides = list(overrides)
     if slots is not None:
@@ -61,9 +88,11 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
         raise _Fail(f"run.recurrence={cfg.run.recurrence}: {e}") from None
 
     bar = None
+    stored_now = total_nets = 0  # nets in the store as far as this run knows, for a stop
 
     def on_start(total, stored, n_slots):
-        nonlocal bar
+        nonlocal bar, stored_now, total_nets
+        stored_now, total_nets = stored, total
         if stored:
             click.echo(f"resuming: {stored} of {total} nets already in {out}; training {total - stored}")
         if stored == total:
@@ -81,8 +110,13 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
         bar.set_postfix_str(f"{per_hour}{in_training}", refresh=True)
 
     def on_progress(done):
+        nonlocal stored_now
+        stored_now += len(done)
         bar.update(len(done))
         show()
+
+    def on_repair(ids, why):
+        click.echo(f"retraining {len(ids)} damaged nets: {why}", err=True)
 
     def on_step(running, max_epoch):
         nonlocal in_training
@@ -90,9 +124,21 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
         show()
 
     try:
-        report = gen.generate(cfg, out, per_task, overwrite=overwrite,
-                              on_start=on_start, on_progress=on_progress,
-                              on_step=on_step)
+        with stop_signals.installed():
+            report = gen.generate(cfg, out, per_task, overwrite=overwrite,
+                                  on_start=on_start, on_progress=on_progress,
+                                  on_step=on_step, on_repair=on_repair)
+    except Interrupted as e:
+        if bar is not None:
+            bar.close()
+        where = (f"{stored_now} of {total_nets} nets are in {out}" if total_nets
+                 else f"nothing was trained into {out}")
+        click.echo(f"stopped by {e}: {where}; rerun the same command to resume", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Straight out: XLA may still be compiling on its own threads, and tearing the
+        # interpreter down under them crashes; every finished net is already on disk.
+        os._exit(e.exit_code)
     except (StoreError, ConfigError) as e:
         raise _Fail(str(e)) from None
     finally:

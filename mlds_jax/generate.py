@@ -9,6 +9,9 @@ in flight; rerunning the same command trains only what is missing.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +27,11 @@ from mlds_jax.data import (
     make_trigger_dataset_data,
 )
 from mlds_jax.rawrows import pack
-from mlds_jax.store import DatasetStore, StoreError
+from mlds_jax.signals import stop_signals
+from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
 from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train import FinishedNets, Population, choose_slots
+from mlds_jax.verify import verify as verify_store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,44 +127,179 @@ def generate(
     on_start: Callable[[int, int, int], None] | None = None,
     on_progress: Callable[[FinishedNets], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_repair: Callable[[list[int], str], None] | None = None,
 ) -> RunReport:
     """Make sure the first `num_tasks * per_task` nets of the dataset are in the store at `out`.
 
     `on_start(total, already_stored, slots)` is called once before training;
     `on_progress(finished)` after every batch of nets is safely written;
-    `on_step(running, max_epoch)` after every compiled training step.
+    `on_step(running, max_epoch)` after every compiled training step;
+    `on_repair(ids, reason)` when finished rows that fail `mlds verify` go back to pending.
+
+    Before anything is written the run checks it can finish (`preflight`: disk and memory);
+    before training, that the store is writable. Finished rows are checked (`verify`) before
+    and after training: a damaged row is trained again, never counted as done, and a store
+    is packed only once every row passes. StoreError (one line) for what the user must fix.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be positive, got {per_task}")
     t0 = time.perf_counter()
     total = cfg.num_tasks * per_task
+    preflight(cfg, out, total, overwrite)
     _unpack_if_work_left(out, total, overwrite)
     store = open_store(cfg, out, total, overwrite)
+    store, repaired = _reset_damaged(store, on_repair)
     todo = store.pending(total)
+    already = total - len(todo)
     slots = choose_slots(cfg, len(todo)) if len(todo) else 0
-    if on_start:
-        on_start(total, total - len(todo), slots)
-    trained = 0
     if len(todo):
-        data = task_data(cfg)
-        for done in Population(cfg, data, slots).run(todo, on_step=on_step):
-            write_finished(store, cfg, done)
-            trained += len(done)
-            if on_progress:
-                on_progress(done)
+        store.check_writable()  # before the first batch trains, not after
+    if on_start:
+        on_start(total, already, slots)
+    trained = 0
+
+    def step(running: int, max_epoch: int) -> None:
+        stop_signals.check()
+        if on_step:
+            on_step(running, max_epoch)
+
+    for _ in range(_TRAINING_ROUNDS):
+        if len(todo):
+            data = task_data(cfg)
+            for done in Population(cfg, data, slots).run(todo, on_step=step):
+                # A stop waits until the rows are written and reported: none half done.
+                with stop_signals.deferred():
+                    try:
+                        write_finished(store, cfg, done)
+                    except OSError as e:
+                        raise _write_error(cfg, store, total, e) from e
+                    trained += len(done)
+                    if on_progress:
+                        on_progress(done)
+        # What another process (or the disk) did meanwhile: rows that fail now go again.
+        if len(todo) or repaired:
+            store, repaired = _reset_damaged(store, on_repair)
+        todo = store.pending(total)
+        if not len(todo):
+            break
+        slots = slots or choose_slots(cfg, len(todo))
+    else:
+        raise DamagedStoreError(f"store at {out}: nets {_ids_text(todo)} still fail "
+                                f"`mlds verify` after {_TRAINING_ROUNDS} rounds of training")
     if cfg.run.pack and not len(store.pending()):
+        store.check_writable()
         pack(store.path)  # complete: weights become one memory-mappable block
-    return RunReport(total, total - len(todo), trained, slots, time.perf_counter() - t0)
+    return RunReport(total, already, trained, slots, time.perf_counter() - t0)
+
+
+_TRAINING_ROUNDS = 3  # damaged rows found after training are retrained this many times
+
+
+def _write_error(cfg: DatasetConfig, store: DatasetStore, total: int, e: OSError) -> StoreError:
+    """One line for a failed write: the path, and for a full disk the space still needed."""
+    why = e.strerror or str(e)
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"cannot write to store at {store.path}: {why}")
+    left = len(store.pending(total))
+    need = left * row_bytes(n_params=store.n_params, n_log=store.n_log,
+                            n_accuracies=store.n_accuracies, n_hyper=store.n_hyper)
+    return StoreError(f"disk full writing to {store.path} ({why}): the {left} nets left need "
+                      f"about {_size(need)}, {_size(shutil.disk_usage(store.path).free)} are "
+                      f"free; the {total - left} nets stored are kept, free space and rerun "
+                      f"the same command")
+
+
+def _ids_text(ids) -> str:
+    ids = [int(i) for i in ids]
+    head = ", ".join(map(str, ids[:8]))
+    return head + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+
+
+def _reset_damaged(store: DatasetStore, on_repair: Callable[[list[int], str], None] | None
+                   ) -> tuple[DatasetStore, list[int]]:
+    """Run `verify` on the store; every finished row it finds a problem with goes back to
+    pending (unreadable chunks are deleted first, so zarr can rewrite them; a packed store is
+    unpacked first). Returns the store (reopened if unpacked) and the ids. Problems that no
+    retraining fixes (shapes) and unreadable packed weights: DamagedStoreError."""
+    report = verify_store(store.path)
+    shape = [p.message for p in report.problems if p.kind == "shape"]
+    if shape:
+        raise DamagedStoreError(f"store at {store.path} is damaged: {shape[0]}")
+    damaged = report.damaged_rows()
+    if not damaged:
+        return store, []
+    if store.packed:
+        if report.unreadable_chunks(WEIGHT_ARRAYS):
+            raise DamagedStoreError(f"store at {store.path} is damaged: packed weights of nets "
+                                    f"{_ids_text(damaged)} are unreadable; delete the store or "
+                                    f"restore it from a copy")
+        store.check_writable()
+        pack(store.path, unpack=True)
+        store = DatasetStore.open(store.path, mode="r+")
+    store.reset_rows(damaged, report.unreadable_chunks())
+    if on_repair:
+        on_repair(damaged, report.first_problem(damaged))
+    return store, damaged
+
+
+def preflight(cfg: DatasetConfig, out: str | Path, total: int, overwrite: bool) -> None:
+    """Refuse, before anything is written, a tier this machine cannot hold: the disk the new
+    rows need at `out` and the host memory resuming needs (every row's status, plus ids)."""
+    out = Path(out)
+    existing = 0
+    if not overwrite and (out / "zarr.json").is_file():
+        try:
+            existing = DatasetStore.open(out, mode="r").n_nets
+        except StoreError:
+            pass  # open_or_create says what is wrong with it
+    need_disk = max(total - existing, 0) * row_bytes(
+        n_params=models.num_params(cfg.network), n_log=cfg.recipe.max_epochs,
+        n_accuracies=len(cfg.accuracy_names), n_hyper=len(SWEEPABLE))
+    need_mem = total * 9  # status (uint8) and pending ids (int64) of every row
+    where = next(p for p in (out, *out.absolute().parents) if p.exists())
+    free_disk = shutil.disk_usage(where).free
+    memory = _host_memory()
+    problems = []
+    if need_disk > free_disk:
+        problems.append(f"their rows need {_size(need_disk)} of disk ({_size(free_disk)} "
+                        f"free at {where})")
+    if memory and need_mem > memory:
+        problems.append(f"tracking them needs {_size(need_mem)} of memory "
+                        f"({_size(memory)} here)")
+    if problems:
+        raise StoreError(f"{total:,} nets cannot be made here: {'; '.join(problems)}; "
+                         f"choose a smaller --per-task")
+
+
+def _host_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1000 or unit == "EB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError
 
 
 def _unpack_if_work_left(out: str | Path, total: int, overwrite: bool) -> None:
     """A packed store (complete when it was packed) goes back to the chunked layout the
-    generator writes before it is extended or, after a partial unpack, resumed."""
+    generator writes before it is extended or, after a partial unpack, resumed. An unpack
+    killed between its two renames is finished first."""
     if overwrite or not (Path(out) / "zarr.json").is_file():
         return
     try:
-        store = DatasetStore.open(out, mode="r")
+        store = DatasetStore.open(out, mode="r+")
     except StoreError:
         return  # open_or_create reports what is wrong with it
-    if store.packed and (total > store.n_nets or len(store.pending())):
+    try:
+        work_left = total > store.n_nets or len(store.pending()) > 0
+    except DamagedStoreError:
+        work_left = True  # damaged rows are trained again (_reset_damaged)
+    if store.packed and work_left:
+        store.check_writable()
         pack(out, unpack=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 
@@ -25,7 +26,13 @@ import numpy as np
 import zarr
 
 from mlds_jax.rawrows import RawRows
-from mlds_jax.store import STATUS_NAMES, STATUS_PENDING, DatasetStore, StoreError
+from mlds_jax.store import (
+    STATUS_NAMES,
+    STATUS_PENDING,
+    WEIGHT_ARRAYS,
+    DatasetStore,
+    StoreError,
+)
 
 STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
 
@@ -69,6 +76,7 @@ class Dataset:
         self.accuracy_names: list[str] = list(self.attrs["accuracy_names"])
         self.layout: list[dict] = list(self.attrs["layout"])
         self._raw: dict[str, RawRows | None] = {}
+        self._layout = _weights_layout(self.path)
 
     def __len__(self) -> int:
         return self.store.n_nets
@@ -82,10 +90,24 @@ class Dataset:
         if name.startswith("_") or name in ("store", "attrs", "task_names", "layout", "path",
                                             "accuracy_names"):
             raise AttributeError(name)
+        if name in WEIGHT_ARRAYS:
+            self._follow_repack()
         try:
             return self.store.array(name)
         except KeyError:
             raise AttributeError(f"dataset has no array {name!r}") from None
+
+    def _follow_repack(self) -> None:
+        """`mlds pack` (run by `mlds generate` when a store completes) swaps the weights
+        arrays for new directories; a reader opened before sees them here and reopens, so
+        it reads the new files rather than the deleted old ones (which read as NaN)."""
+        now = _weights_layout(self.path)
+        if now is None:
+            raise StoreError(f"store at {self.path} is being repacked by another process; "
+                             f"open it again when that is done")
+        if now != self._layout:
+            self.store = DatasetStore.open(self.path, mode="r")
+            self._raw, self._layout = {}, now
 
     @property
     def config(self) -> dict:
@@ -106,6 +128,7 @@ class Dataset:
 
     def _raw_rows(self, initial: bool) -> RawRows | None:
         name = "initial_weights" if initial else "weights"
+        self._follow_repack()
         if name not in self._raw:
             self._raw[name] = RawRows.of(self.store, name)
         return self._raw[name]
@@ -114,13 +137,19 @@ class Dataset:
         """(R, P) float32 copy of the rows ``ids`` (any order; None: all N rows), final
         weights or ``initial`` ones. Reads the raw chunk files directly where the layout
         allows (always for stores written by this package), else through zarr."""
-        raw = self._raw_rows(initial)
         if ids is not None:
             ids = self._checked_ids(ids)
-        if raw is not None:
-            return raw.read(ids)
-        a = self.initial_weights if initial else self.weights
-        return np.asarray(a[:] if ids is None else a.oindex[ids])
+        for _ in range(3):  # a pack that swapped the files during the read: read again
+            raw = self._raw_rows(initial)
+            if raw is not None:
+                rows = raw.read(ids)
+            else:
+                a = self.initial_weights if initial else self.weights
+                rows = np.asarray(a[:] if ids is None else a.oindex[ids])
+            if _weights_layout(self.path) == self._layout:
+                return rows
+        raise StoreError(f"store at {self.path} keeps being repacked while it is read; open "
+                         f"it again when that is done")
 
     def weights_memmap(self, *, initial: bool = False) -> np.ndarray:
         """(N, P) read-only zero-copy ``numpy.memmap`` of every net's weights.
@@ -209,8 +238,8 @@ class Dataset:
     def tasks(self) -> np.ndarray:
         """(N,) int: each net's task index; a pending net gets the task it will be trained
         on, ``n mod K`` (the stored value is only written when the net finishes)."""
-        task = np.asarray(self.task[:]).astype(np.int64)
-        pending = np.asarray(self.status[:]) == STATUS_PENDING
+        task = self.store.read_array("task").astype(np.int64)
+        pending = self.store.read_array("status") == STATUS_PENDING
         task[pending] = np.flatnonzero(pending) % max(len(self.task_names), 1)
         return task
 
@@ -223,23 +252,23 @@ class Dataset:
         "pending", their planned task, epochs 0 and NaN accuracies and recipe values."""
         import pandas as pd
 
-        status = np.asarray(self.status[:])
+        status = self.store.read_array("status")
         task = self.tasks()
         names = self.task_names + [str(t) for t in range(len(self.task_names), task.max(
             initial=-1) + 1)]
-        acc = np.asarray(self.val_accuracy[:])
+        acc = self.store.read_array("val_accuracy")
         columns = {
             "task": task.astype(np.int32),
             "task_name": pd.Categorical.from_codes(task, categories=names),
-            "seed": np.asarray(self.seed[:]),
+            "seed": self.store.read_array("seed"),
             "status": status,
             "status_name": pd.Categorical.from_codes(
                 status.astype(np.int64), categories=[STATUS_NAMES[c] for c in sorted(STATUS_NAMES)]),
-            "epochs": np.asarray(self.epochs[:]),
+            "epochs": self.store.read_array("epochs"),
         }
         for j, name in enumerate(self.accuracy_names):
             columns[name] = acc[:, j]
-        hyper = np.asarray(self.hyperparameters[:])
+        hyper = self.store.read_array("hyperparameters")
         for j, name in enumerate(self.attrs["hyperparameter_names"]):
             columns[name] = hyper[:, j]
         return pd.DataFrame(columns, index=pd.RangeIndex(len(self), name="net"))
@@ -268,14 +297,14 @@ class Dataset:
             elif key.strip() == "task":
                 keep &= np.isin(self.tasks(), self._task_codes(value.split(",")))
             elif key.strip() == "status":
-                keep &= np.isin(np.asarray(self.status[:]), self._status_codes(value.split(",")))
+                keep &= np.isin(self.store.read_array("status"), self._status_codes(value.split(",")))
             else:
                 raise SelectionError(f"unknown selection key {key.strip()!r} in {term!r} "
                                      f"(known: task, status)")
         if task is not None:
             keep &= np.isin(self.tasks(), self._task_codes(_as_list(task)))
         if status is not None:
-            keep &= np.isin(np.asarray(self.status[:]), self._status_codes(_as_list(status)))
+            keep &= np.isin(self.store.read_array("status"), self._status_codes(_as_list(status)))
         return np.flatnonzero(keep).astype(np.int64)
 
     def _id_mask(self, term: str) -> np.ndarray:
@@ -348,6 +377,16 @@ class Dataset:
                         mean_sequences_right=r["mean_sequences_right"])
             for r in self.store.summary()
         ]
+
+
+def _weights_layout(path: Path):
+    """Identity of the weights arrays' metadata files (inode, mtime), which `mlds pack`
+    replaces; None while a swap is half done."""
+    try:
+        return tuple((st.st_ino, st.st_mtime_ns) for st in
+                     (os.stat(path / name / "zarr.json") for name in WEIGHT_ARRAYS))
+    except FileNotFoundError:
+        return None
 
 
 def _as_list(value) -> list:

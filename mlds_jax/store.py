@@ -52,9 +52,12 @@ This module imports only numpy, zarr (with its google-crc32c) and the standard l
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -94,7 +97,7 @@ NO_CHECKSUM = -1
 # Left behind only by a rawrows.pack() killed between its two renames; see _checked_arrays.
 _PACK_LEFTOVERS = {f".{n}.{s}" for n in WEIGHT_ARRAYS for s in ("new", "old")}
 # What else may sit in a store directory: `mlds card` output and the checksums group.
-_EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures"}
+EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures"}
 TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
@@ -179,6 +182,8 @@ class DatasetStore:
         delete anything that does not look like a dataset store."""
         path = Path(path)
         attrs = _resolved_attrs(attrs, n_accuracies, n_hyper)
+        for leftover in abandoned_creating_dirs(path):
+            shutil.rmtree(leftover, ignore_errors=True)
         if overwrite and path.exists():
             _delete_store_dir(path)
         if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -245,7 +250,9 @@ class DatasetStore:
     # ---- rows ---------------------------------------------------------------------------
 
     def array(self, name: str) -> zarr.Array:
-        """The lazy zarr array ``name`` (one of the schema's names)."""
+        """The lazy zarr array ``name`` (one of the schema's names, or ``checksums/rows``)."""
+        if name == ROW_CHECKSUMS and self._row_crc is not None:
+            return self._row_crc
         return self._arrays[name]
 
     def tables(self) -> dict[str, np.ndarray]:
@@ -268,6 +275,11 @@ class DatasetStore:
         return self._row_crc[: self.n_nets]
 
     @property
+    def checksum_rows(self) -> int | None:
+        """Rows of ``checksums/rows`` (None if the store has none): N unless damaged."""
+        return None if self._row_crc is None else self._row_crc.shape[0]
+
+    @property
     def packed(self) -> bool:
         """True once ``mlds pack`` made the weights arrays one shard each (read-only layout)."""
         return any(is_packed(self._arrays[n]) for n in WEIGHT_ARRAYS)
@@ -283,7 +295,7 @@ class DatasetStore:
         n = self.n_nets if n_nets is None else n_nets
         if not 0 <= n <= self.n_nets:
             raise ValueError(f"n_nets={n} outside the store's 0..{self.n_nets} rows")
-        status = self._arrays["status"][:n]
+        status = self.read_array("status", n)
         return np.flatnonzero(status == STATUS_PENDING).astype(np.int64)
 
     def write_rows(self, ids, *, weights, initial_weights, task, seed, status, epochs,
@@ -344,6 +356,58 @@ class DatasetStore:
         ids = self._checked_ids(ids, unique=False)
         return {name: a.oindex[ids] for name, a in self._arrays.items()}
 
+    def read_array(self, name: str, n: int | None = None) -> np.ndarray:
+        """The first ``n`` (default N) rows of array ``name``, read chunk by chunk, so that a
+        damaged chunk is named: DamagedStoreError with its rows, in one line."""
+        a = self._arrays[name]
+        n = self.n_nets if n is None else n
+        out = np.empty((n, *a.shape[1:]), a.dtype)
+        rows = a.chunks[0]
+        for lo in range(0, n, rows):
+            hi = min(lo + rows, n)
+            try:
+                out[lo:hi] = a[lo:hi]
+            except Exception as e:  # noqa: BLE001 - any decode failure means damage here
+                raise DamagedStoreError(
+                    f"store at {self.path} is damaged: {name} of nets {lo}..{hi - 1} (chunk "
+                    f"{lo // rows}) is unreadable ({_one_line(e)}); `mlds generate` with the "
+                    f"same arguments retrains them, `mlds verify` lists every problem") from e
+        return out
+
+    def reset_rows(self, ids, unreadable_chunks=()) -> None:
+        """Make rows ``ids`` pending again, so the generator trains them anew. Each
+        ``(array name, chunk index)`` in ``unreadable_chunks`` is deleted first (its rows then
+        read as the fill value), since a chunk that cannot be read cannot be rewritten."""
+        ids = self._checked_ids(ids)
+        for name, k in unreadable_chunks:
+            a = self.array(name)
+            key = "/".join(["c", str(k)] + ["0"] * (a.ndim - 1))
+            try:
+                (self.path / name / key).unlink(missing_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot repair store at {self.path}: {e.strerror or e}") from e
+        if ids.size:
+            self._refuse_if_packed("repair")
+            self._arrays["status"].oindex[ids] = np.zeros(ids.size, np.uint8)
+
+    def check_writable(self) -> None:
+        """StoreError (one line) unless a file can be created in every directory a write
+        touches: a read-only mount, permissions, or a full inode table are found here rather
+        than after the first batch of nets has trained."""
+        dirs = [self.path, self.path / "checksums" / "rows"]
+        dirs += [self.path / name for name in _SCHEMA]
+        dirs += [d / "c" for d in dirs[1:] if (d / "c").is_dir()]
+        for d in dirs:
+            if not d.is_dir():
+                continue
+            probe = d / f".mlds-write-probe-{uuid.uuid4().hex[:8]}"
+            try:
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                raise StoreError(f"store at {self.path} is not writable: cannot create a file "
+                                 f"in {d} ({e.strerror or e})") from e
+
     def _checked_ids(self, ids, unique: bool = True) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
@@ -366,11 +430,11 @@ class DatasetStore:
         mean_criterion_accuracy (the lowest of the ``criterion_names`` columns: what the
         threshold applies to, e.g. the worst pin), mean_sequences_right (the lowest of the
         ``*_sequences_right`` columns)."""
-        status = self._arrays["status"][:]
+        status = self.read_array("status")
         done = status != STATUS_PENDING
-        task = self._arrays["task"][:][done]
-        status, epochs = status[done], self._arrays["epochs"][:][done]
-        all_acc = self._arrays["val_accuracy"][:][done]
+        task = self.read_array("task")[done]
+        status, epochs = status[done], self.read_array("epochs")[done]
+        all_acc = self.read_array("val_accuracy")[done]
         acc_names = list(self.attrs["accuracy_names"])
 
         def lowest(columns):
@@ -466,19 +530,61 @@ def _first_difference(old, new, key: str = ""):
 
 def _finish_interrupted_swap(path: Path) -> None:
     """(Un)packing swaps a weights array with two renames: ``name`` -> ``.name.old``, then
-    the checked ``.name.new`` -> ``name``. A run killed between them leaves no ``name``;
-    finish the swap (or undo it when ``.name.new`` is gone)."""
+    the checked ``.name.new`` -> ``name``, then deletes ``.name.old``. A run killed between
+    the renames leaves no ``name``: finish the swap (or undo it when ``.name.new`` is gone).
+    Killed later, or while building ``.name.new``, it leaves a copy of the weights that no
+    one will use: delete it."""
     for name in WEIGHT_ARRAYS:
         old, new = path / f".{name}.old", path / f".{name}.new"
         if not (path / name).exists() and old.is_dir():
             os.rename(new if new.is_dir() else old, path / name)
+        if (path / name).exists():
+            for leftover in (old, new):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def creating_dir(path: Path) -> Path:
+    """Where this process builds a new store before renaming it to ``path``: the name says
+    which host and process, so that a later run can tell a dead creator's leftover."""
+    return path.with_name(f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}-"
+                          f"{uuid.uuid4().hex[:8]}")
+
+
+def abandoned_creating_dirs(path: Path) -> list[Path]:
+    """Siblings of ``path`` left by a store creation whose process died (this host; other
+    hosts' are left alone, as are any younger than an hour in the old unnamed form)."""
+    found = []
+    host = socket.gethostname()
+    prefix = f".{path.name}.creating-"
+    for p in path.parent.glob(f"{glob.escape(prefix)}*"):
+        parts = p.name[len(prefix):].rsplit("-", 2)  # host, pid, random
+        if len(parts) == 3 and parts[1].isdigit():
+            if parts[0] == host and not _process_alive(int(parts[1])):
+                found.append(p)
+        else:
+            try:
+                if time.time() - p.stat().st_mtime > 3600:
+                    found.append(p)
+            except OSError:
+                pass
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _looks_like_store(path: Path) -> bool:
     """A directory holding a zarr.json and nothing but our arrays (or zarr's temp files)."""
     entries = [p.name for p in path.iterdir()]
     return "zarr.json" in entries and all(
-        n == "zarr.json" or n in _SCHEMA or n in _EXTRA_ENTRIES or n in _PACK_LEFTOVERS
+        n == "zarr.json" or n in _SCHEMA or n in EXTRA_ENTRIES or n in _PACK_LEFTOVERS
         or n.endswith(".partial") for n in entries)
 
 
@@ -501,7 +607,7 @@ def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: i
     if n_nets < 0 or chunk_rows < 1 or min(widths.values()) < 0:
         raise ValueError(f"bad store shape: n_nets={n_nets}, chunk_rows={chunk_rows}, {widths}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+    tmp = creating_dir(path)
     try:
         group = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes=attrs)
         for name, (dtype, width) in _SCHEMA.items():
@@ -570,6 +676,14 @@ def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zar
 
 # Every array but the raw weights: zstd as before, then a crc32c of the compressed chunk.
 _CHECKSUMMED = (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
+
+def row_bytes(*, n_params: int, n_log: int, n_accuracies: int, n_hyper: int) -> int:
+    """Disk one finished row takes at most: the raw weights, their checksums, and the other
+    arrays before compression."""
+    widths = dict(n_params=n_params, n_log=n_log, n_accuracies=n_accuracies, n_hyper=n_hyper)
+    return 2 * 8 + sum(np.dtype(dtype).itemsize * (1 if width is None else widths[width])
+                       for dtype, width in _SCHEMA.values())
 
 
 def row_crc32c(rows: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ how many rows and arrays had no checksum to compare.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +32,9 @@ from zarr.codecs import Crc32cCodec
 
 from mlds_jax.rawrows import RawRows
 from mlds_jax.store import (
+    EXTRA_ENTRIES,
     NO_CHECKSUM,
+    ROW_CHECKSUMS,
     STATUS_CAPPED,
     STATUS_CONVERGED,
     STATUS_DIVERGED,
@@ -39,6 +43,7 @@ from mlds_jax.store import (
     WEIGHT_ARRAYS,
     DatasetStore,
     DamagedStoreError,
+    abandoned_creating_dirs,
     row_crc32c,
 )
 
@@ -47,10 +52,16 @@ _SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "hyperparamete
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One thing wrong: which rows, and a one-line message that names them."""
+    """One thing wrong: which rows, and a one-line message that names them. ``kind``:
+    "row" (a finished row's data), "unreadable" (chunk ``chunk`` of ``array``), "leftover"
+    (a pending row holding data from an interrupted write: harmless, rewritten when it is
+    trained), "shape" (arrays disagree with each other or the attrs)."""
 
     rows: tuple[int, ...]
     message: str
+    kind: str = "row"
+    array: str | None = None
+    chunk: int | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -66,10 +77,24 @@ class Report:
     rows_without_checksum: int = 0
     arrays_without_checksum: list[str] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    strays: list[str] = dataclasses.field(default_factory=list)  # files no store needs
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def damaged_rows(self) -> list[int]:
+        """Ascending ids of rows that must be trained again (every kind but "leftover")."""
+        return sorted({r for p in self.problems if p.kind != "leftover" for r in p.rows})
+
+    def unreadable_chunks(self, arrays=None) -> list[tuple[str, int]]:
+        """(array, chunk index) of every chunk that could not be read (of ``arrays`` only)."""
+        return sorted({(p.array, p.chunk) for p in self.problems if p.kind == "unreadable"
+                       and (arrays is None or p.array in arrays)})
+
+    def first_problem(self, rows) -> str:
+        rows = set(rows)
+        return next((p.message for p in self.problems if rows & set(p.rows)), "")
 
     @property
     def bad_rows(self) -> list[int]:
@@ -83,6 +108,9 @@ class Report:
                              f"weights checksum")
         if self.arrays_without_checksum:
             unchecked.append(f"no chunk checksums in {', '.join(self.arrays_without_checksum)}")
+        if self.strays:
+            unchecked.append(f"{len(self.strays)} stray files, removed by the next "
+                             f"`mlds generate`")
         note = f" ({'; '.join(unchecked)})" if unchecked else ""
         head = (f"{self.path}: {self.n_nets} nets, {self.finished} finished; read "
                 f"{self.chunks_read} chunks, compared {self.rows_checksummed} row checksums"
@@ -109,8 +137,9 @@ def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
     called after each chunk row is done. StoreError if it cannot be opened at all."""
     store = DatasetStore.open(path, mode="r")
     n = store.n_nets
-    report = Report(path=store.path, n_nets=n)
+    report = Report(path=store.path, n_nets=n, strays=strays(store.path))
     problems = report.problems
+    problems.extend(_shapes(store))
     unreadable = np.zeros(n, bool)
     data: dict[str, np.ndarray] = {}
 
@@ -128,7 +157,8 @@ def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
                 out[lo:hi] = a[lo:hi]
             except Exception as e:  # noqa: BLE001 - any decode failure is a finding
                 problems.append(Problem(tuple(range(lo, hi)), f"{name}: {_rows_text(lo, hi)} "
-                                        f"(chunk {lo // rows}) unreadable: {_why(e)}"))
+                                        f"(chunk {lo // rows}) unreadable: {_why(e)}",
+                                        "unreadable", name, lo // rows))
                 unreadable[lo:hi] = True
             report.chunks_read += 1
         data[name] = out
@@ -136,7 +166,20 @@ def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
     status = data["status"]
     finished = (status != STATUS_PENDING) & ~unreadable
     report.finished = int((status != STATUS_PENDING).sum())
-    crcs = store.row_checksums()
+    crcs = None
+    if store.checksum_rows is not None:
+        a = store.array(ROW_CHECKSUMS)
+        crcs = np.full((n, 2), NO_CHECKSUM, np.int64)
+        rows = a.chunks[0]
+        for lo in range(0, n, rows):
+            hi = min(lo + rows, n)
+            try:
+                crcs[lo:hi] = a[lo:hi]
+            except Exception as e:  # noqa: BLE001
+                problems.append(Problem(tuple(range(lo, hi)), f"{ROW_CHECKSUMS}: "
+                                        f"{_rows_text(lo, hi)} (chunk {lo // rows}) "
+                                        f"unreadable: {_why(e)}", "unreadable", ROW_CHECKSUMS,
+                                        lo // rows))
 
     # -- weights: raw chunks, per-row checksums, finite values -----------------------------
     has_data = np.zeros(n, bool)  # pending rows that hold weights
@@ -155,7 +198,8 @@ def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
                 block = raw.read_chunk(lo // rows) if raw is not None else np.asarray(a[lo:hi])
             except Exception as e:  # noqa: BLE001
                 problems.append(Problem(tuple(ids), f"{name}: {_rows_text(lo, hi)} (chunk "
-                                        f"{lo // rows}) unreadable: {_why(e)}"))
+                                        f"{lo // rows}) unreadable: {_why(e)}", "unreadable",
+                                        name, lo // rows))
                 report.chunks_read += 1
                 continue
             report.chunks_read += 1
@@ -192,6 +236,51 @@ def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
     problems.extend(_consistency(store, data, finished, unreadable, has_data))
     problems.sort(key=lambda p: (min(p.rows, default=-1), p.message))
     return report
+
+
+def _shapes(store: DatasetStore) -> list[Problem]:
+    """Every array has N rows and the same chunking along N; widths match the attrs."""
+    arrays = {name: store.array(name) for name in WEIGHT_ARRAYS + _SMALL}
+    n = store.n_nets
+    out = []
+    longer = {}
+    for name, a in arrays.items():
+        if a.shape[0] != n:
+            longer.setdefault(a.shape[0], []).append(name)
+    if store.checksum_rows not in (None, n):
+        longer.setdefault(store.checksum_rows, []).append(ROW_CHECKSUMS)
+    for rows, names in sorted(longer.items()):
+        out.append(Problem((), f"status has {n} rows but {', '.join(names)} "
+                               f"{'has' if len(names) == 1 else 'have'} {rows}: an extension "
+                               f"stopped part-way (rerun `mlds generate` with the larger "
+                               f"--per-task) or a damaged zarr.json", "shape"))
+    chunking = {name: a.chunks[0] for name, a in arrays.items()}
+    if len(set(chunking.values())) > 1:
+        out.append(Problem((), f"arrays are chunked differently along the nets: {chunking}",
+                           "shape"))
+    want = {"weights": sum(math.prod(spec["shape"]) for spec in store.attrs["layout"]),
+            "loss_curve": store.attrs["config"].get("recipe", {}).get("max_epochs")}
+    want["initial_weights"] = want["weights"]
+    for name, width in want.items():
+        if width is not None and arrays[name].shape[1] != width:
+            out.append(Problem((), f"{name} has {arrays[name].shape[1]} columns, the attrs say "
+                                   f"{width}", "shape"))
+    return out
+
+
+def strays(path: Path) -> list[str]:
+    """Files and folders at or beside the store that no store needs: temporary chunk files
+    (``*.partial``), write probes, an interrupted (un)pack's copies of the weights, a dead
+    creator's ``.NAME.creating-*``, anything else at the top level."""
+    path = Path(path)
+    expected = {"zarr.json", *_SMALL, *WEIGHT_ARRAYS, *EXTRA_ENTRIES}
+    found = [p for p in path.iterdir() if p.name not in expected]
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial") or name.startswith(".mlds-write-probe-"):
+                found.append(Path(root) / name)
+    found += abandoned_creating_dirs(path)
+    return sorted(str(p) for p in found)
 
 
 def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
@@ -242,6 +331,8 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
     pending = (status == STATUS_PENDING) & ~unreadable
     stray = pending & (has_weights | (epochs != 0) | np.isfinite(acc)
                        | np.isfinite(curve).any(axis=1))
-    each(stray, lambda i: "pending but holds data (a write interrupted before its status; "
-                          "`mlds generate` redoes it)")
+    for i in ids[stray]:
+        out.append(Problem((int(i),), f"{_rows_text(i, i + 1)}: pending but holds data (a "
+                                      f"write interrupted before its status; `mlds generate` "
+                                      f"redoes it)", "leftover"))
     return out

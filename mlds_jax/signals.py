@@ -1,0 +1,77 @@
+"""Stopping a run on SIGINT (Ctrl-C) or SIGTERM without losing what is finished.
+
+`stop_signals.installed()` turns either signal into `Interrupted`, raised in the main thread
+at the next Python instruction: between training steps, or once an XLA compile returns (a
+C++ call cannot be interrupted). Writing a batch of finished nets is wrapped in
+`stop_signals.deferred()`: a signal that arrives during the write is held until the rows
+are in the store, so a stop never splits a write. What was in flight is dropped; the store
+says which nets are pending, and rerunning the same command trains them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """A run was stopped by `signum`; `exit_code` is the shell's 128 + signum."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _StopSignals:
+    def __init__(self):
+        self._held: int | None = None
+        self._deferring = 0
+
+    def _handler(self, signum, frame):
+        self._held = signum
+        if not self._deferring:
+            self.check()
+
+    def check(self) -> None:
+        """Raise `Interrupted` if a stop signal came and no write is in progress. The run
+        calls this between steps too: Python may run a handler inside a callback that
+        swallows its exception (a garbage-collection hook), and the stop must not be lost."""
+        if self._held is not None and not self._deferring:
+            signum, self._held = self._held, None
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Within the block, SIGINT and SIGTERM raise `Interrupted` (main thread only;
+        elsewhere the block changes nothing)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._handler) for s in STOPPING_SIGNALS}
+        self._held = None
+        try:
+            yield
+        finally:
+            self._held = None
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A stop signal that arrives within the block is raised when the block ends."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        self.check()
+
+
+stop_signals = _StopSignals()

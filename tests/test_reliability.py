@@ -1,0 +1,331 @@
+"""A hostile but realistic user: stop signals, a full disk, damaged chunks, a read-only store,
+absurd tiers, killed (un)packs, leftovers, a reader across a repack. Every case ends in one
+line (never a traceback) and, where the store survives, in a store equal to an uninterrupted
+run that `mlds verify` passes.
+
+Signals and the disk go through real subprocesses; the full disk and the read-only store
+need a private mount namespace (`unshare -rm`: a small tmpfs), and are skipped where the
+machine does not allow one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mlds_jax
+from mlds_jax import generate as gen
+from mlds_jax.config import load_config
+from mlds_jax.rawrows import pack
+from mlds_jax.verify import verify
+
+from .stores import build_store
+
+PER_TASK = 2  # smoke: 10 nets, chunks of 4 rows (3 chunks)
+N = 5 * PER_TASK
+ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",
+          "val_accuracy", "hyperparameters")
+CLI = [sys.executable, "-m", "mlds_jax.cli"]
+
+
+def mlds(*args, check=True, **kw):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kw)
+    if check and proc.returncode:
+        raise AssertionError(f"mlds {args} failed:\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc, rc=1) -> str:
+    """The command failed with exit status `rc` and said why in one line, no traceback."""
+    assert proc.returncode == rc, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def read_all(path):
+    ds = mlds_jax.open_dataset(path)
+    return {name: np.asarray(getattr(ds, name)[:]) for name in ARRAYS}
+
+
+def assert_same_as(path, reference):
+    got, ref = read_all(path), read_all(reference)
+    for name in ("status", "epochs", "task", "initial_weights"):
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    assert np.abs(got["weights"] - ref["weights"]).max() <= 1e-5
+    np.testing.assert_allclose(got["loss_curve"], ref["loss_curve"], atol=1e-5)
+    report = verify(path)
+    assert report.ok and not report.strays, [str(p) for p in report.problems] + report.strays
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted smoke run of 10 nets, packed (as generate leaves a complete store)."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    gen.generate(load_config("smoke"), out, PER_TASK)
+    return out
+
+
+@pytest.fixture
+def unpacked(reference, tmp_path):
+    """A copy of the reference in the chunked layout the generator writes."""
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(reference, out)
+    pack(out, unpack=True)
+    return out
+
+
+# ---- stop signals -------------------------------------------------------------------------
+
+
+def _stored(out) -> int:
+    try:
+        return int((mlds_jax.open_dataset(out).store.read_array("status") > 0).sum())
+    except Exception:  # noqa: BLE001 - not created yet, or mid-write
+        return 0
+
+
+@pytest.mark.parametrize("sig,when", [(signal.SIGINT, "compile"), (signal.SIGTERM, "2 nets"),
+                                      (signal.SIGINT, "2 nets")])
+def test_stop_signal_says_one_line_and_the_rerun_finishes(tmp_path, reference, sig, when):
+    out = tmp_path / "stopped.zarr"
+    args = ["generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK), "--slots", "2",
+            "--no-progress"]
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        if when == "compile":  # the store exists and XLA compiles the first step
+            first = proc.stdout.readline()
+            assert "training" in first, first
+            time.sleep(0.3)
+        else:
+            deadline = time.time() + 300
+            while _stored(out) < 2 and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.1)
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert "Traceback" not in err and "Aborted" not in err, err
+    last = err.strip().splitlines()[-1]
+    stored = _stored(out)
+    assert last == (f"stopped by {signal.Signals(sig).name}: {stored} of {N} nets are in {out}; "
+                    f"rerun the same command to resume"), err
+    assert stored < N
+    again = mlds(*args)
+    assert f"training {N - stored} nets" in again.stdout
+    assert_same_as(out, reference)
+
+
+# ---- absurd input, full disk, read-only store ---------------------------------------------
+
+
+def test_a_tier_this_machine_cannot_hold_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "huge.zarr"
+    line = one_line_error(mlds("generate", "smoke", "--out", out, "--per-task", 10**10,
+                               check=False))
+    assert line.startswith("error: 50,000,000,000 nets cannot be made here: their rows need "), line
+    assert "of disk" in line and "of memory" in line and "smaller --per-task" in line
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def _namespace_script(tmp_path, body: str) -> subprocess.CompletedProcess:
+    """Run `body` (sh) as root of a private mount namespace with a tmpfs at $MNT."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to mount a private tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
+                            f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace: {probe.stderr.decode()[:80]}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "script.sh"
+    script.write_text(textwrap.dedent(body))
+    env = {**os.environ, "MNT": str(mnt), "PY": sys.executable, "SRC": str(tmp_path)}
+    return subprocess.run(["unshare", "-rm", "sh", "-e", str(script)], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_disk_full_mid_run_says_one_line_and_keeps_what_is_stored(tmp_path, reference):
+    # Preflight passes on a 2 MB tmpfs (10 smoke nets need ~0.4 MB); a filler then takes
+    # the rest of it once two nets are stored, so a later write fails mid-run.
+    proc = _namespace_script(tmp_path, """
+        mount -t tmpfs -o size=2m tmpfs "$MNT"
+        S="$MNT/s.zarr"
+        "$PY" -m mlds_jax.cli generate smoke --out "$S" --per-task 2 --slots 2 --no-progress \
+            >"$SRC/out1" 2>"$SRC/err1" &
+        pid=$!
+        i=0
+        while [ ! -e "$S/status/c/0" ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
+        dd if=/dev/zero of="$MNT/filler" bs=4k 2>/dev/null || true
+        rc=0; wait $pid || rc=$?
+        echo "$rc" > "$SRC/rc1"
+        rm "$MNT/filler"
+        "$PY" -m mlds_jax.cli generate smoke --out "$S" --per-task 2 --slots 2 --no-progress \
+            >"$SRC/out2" 2>"$SRC/err2"
+        cp -r "$S" "$SRC/final.zarr"
+    """)
+    assert proc.returncode == 0, proc.stderr
+    err1 = (tmp_path / "err1").read_text()
+    assert (tmp_path / "rc1").read_text().strip() == "1", err1
+    assert "Traceback" not in err1, err1
+    line = err1.strip().splitlines()[-1]
+    assert line.startswith(f"error: disk full writing to {tmp_path / 'mnt' / 's.zarr'}"), err1
+    assert "need about" in line and "free space and rerun the same command" in line, line
+    assert "resuming:" in (tmp_path / "out2").read_text()
+    assert_same_as(tmp_path / "final.zarr", reference)
+
+
+def test_a_read_only_store_is_refused_before_training(tmp_path):
+    src = tmp_path / "src.zarr"
+    build_store(src, n_nets=10, written=range(6))  # smoke recipe, cap 40: 4 nets pending
+    proc = _namespace_script(tmp_path, """
+        mount -t tmpfs -o size=4m tmpfs "$MNT"
+        cp -r "$SRC/src.zarr" "$MNT/s.zarr"
+        mount -o remount,ro "$MNT"
+        rc=0
+        "$PY" -m mlds_jax.cli generate smoke --out "$MNT/s.zarr" --per-task 2 \
+            --set recipe.max_epochs=40 --no-progress >"$SRC/out" 2>"$SRC/err" || rc=$?
+        echo "$rc" > "$SRC/rc"
+    """)
+    assert proc.returncode == 0, proc.stderr
+    err = (tmp_path / "err").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "1", err
+    assert "Traceback" not in err and "training" not in (tmp_path / "out").read_text()
+    assert err.strip() == (f"error: store at {tmp_path / 'mnt' / 's.zarr'} is not writable: "
+                           f"cannot create a file in {tmp_path / 'mnt' / 's.zarr'} "
+                           f"(Read-only file system)"), err
+
+
+# ---- damaged stores: info names the rows, generate retrains them ---------------------------
+
+
+def _chunk(out, name, k):
+    return out / name / "c" / str(k) / ("0" if name != "status" else "")
+
+
+def test_deleted_weights_chunk_is_retrained(unpacked, reference):
+    (unpacked / "weights" / "c" / "1" / "0").unlink()  # nets 4..7
+    assert not verify(unpacked).ok
+    run = mlds("generate", "smoke", "--out", unpacked, "--per-task", PER_TASK, "--no-progress")
+    assert "retraining 4 damaged nets: weights: net 4 " in run.stderr, run.stderr
+    assert "training 4 nets" in run.stdout
+    assert_same_as(unpacked, reference)
+
+
+def test_truncated_weights_chunk_is_retrained(unpacked, reference):
+    chunk = unpacked / "initial_weights" / "c" / "2" / "0"  # nets 8, 9
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    run = mlds("generate", "smoke", "--out", unpacked, "--per-task", PER_TASK, "--no-progress")
+    assert "retraining 2 damaged nets: initial_weights: nets 8..9 (chunk 2) unreadable" \
+        in run.stderr, run.stderr
+    assert_same_as(unpacked, reference)
+
+
+def test_garbage_status_is_named_by_info_and_retrained_by_generate(reference, tmp_path):
+    out = tmp_path / "garbage.zarr"
+    shutil.copytree(reference, out)  # packed: repair unpacks, retrains, packs again
+    chunk = out / "status" / "c" / "0"
+    chunk.write_bytes(b"\x17" * len(chunk.read_bytes()))
+    line = one_line_error(mlds("info", out, check=False))
+    assert line.startswith(f"error: store at {out} is damaged: status of nets 0..3 (chunk 0) "
+                           f"is unreadable"), line
+    run = mlds("generate", "smoke", "--out", out, "--per-task", PER_TASK, "--no-progress")
+    assert "retraining 4 damaged nets: status: nets 0..3 (chunk 0) unreadable: checksum " \
+           "mismatch" in run.stderr, run.stderr
+    assert_same_as(out, reference)
+    assert mlds_jax.open_dataset(out).store.packed
+
+
+def test_verify_checks_every_shape_against_the_others_and_the_attrs(reference, tmp_path):
+    out = tmp_path / "resized.zarr"
+    shutil.copytree(reference, out)
+    meta = out / "status" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"] = [8]
+    meta.write_text(json.dumps(doc))
+    proc = mlds("verify", out, check=False)
+    assert proc.returncode == 1
+    assert ("status has 8 rows but weights, initial_weights, task, seed, epochs, loss_curve, "
+            "val_accuracy, hyperparameters, checksums/rows have 10") in proc.stdout, proc.stdout
+
+
+# ---- killed (un)packs, leftovers, readers -------------------------------------------------
+
+_KILL_AT_RENAME = """
+import os, signal, sys
+from mlds_jax import rawrows
+real, calls = os.rename, []
+def rename(a, b):
+    real(a, b)
+    calls.append(a)
+    if len(calls) == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+rawrows.os.rename = rename
+rawrows.pack(sys.argv[1], unpack=sys.argv[3] == "unpack")
+"""
+
+
+@pytest.mark.parametrize("renames", [1, 2])
+def test_killed_unpack_is_finished_by_the_first_rerun(reference, tmp_path, renames):
+    """SIGKILL between the two renames of unpacking `weights` (1), or after both, before the
+    old copy is deleted (2); then a larger tier. The first rerun extends the store."""
+    out = tmp_path / "unpacking.zarr"
+    shutil.copytree(reference, out)
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_RENAME, str(out), str(renames),
+                             "unpack"], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / ".weights.old").is_dir()
+    if renames == 2:  # the store reads fine, but a full copy of the weights is left over
+        report = verify(out)
+        assert report.ok and report.strays == [str(out / ".weights.old")], report.strays
+    run = mlds("generate", "smoke", "--out", out, "--per-task", PER_TASK + 1, "--no-progress")
+    assert f"resuming: {N} of {N + 5} nets" in run.stdout
+    assert not (out / ".weights.old").exists() and not (out / ".weights.new").exists()
+    before, after = read_all(reference), read_all(out)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(after[name][:N], before[name], err_msg=name)
+    assert verify(out).ok and (read_all(out)["status"] > 0).all()
+
+
+def test_a_dead_creators_folder_is_reported_and_then_removed(tmp_path):
+    out = tmp_path / "fresh.zarr"
+    build_store(out, n_nets=10, written=range(10))
+    dead = tmp_path / f".fresh.zarr.creating-{os.uname().nodename}-999999999-0123abcd"
+    dead.mkdir()
+    live = tmp_path / f".fresh.zarr.creating-{os.uname().nodename}-{os.getpid()}-0123abcd"
+    live.mkdir()
+    report = verify(out)
+    assert report.ok and report.strays == [str(dead)]
+    assert "1 stray files" in report.summary()
+    gen.open_store(load_config("smoke", ["recipe.max_epochs=40"]), tmp_path / "other.zarr", 5)
+    assert dead.exists()  # another store's run leaves it alone
+    gen.open_store(load_config("smoke", ["recipe.max_epochs=40"]), out, 10)
+    assert not dead.exists() and live.exists()
+    assert verify(out).strays == []
+
+
+def test_a_reader_opened_before_the_final_pack_keeps_reading_the_same_weights(unpacked):
+    ds = mlds_jax.open_dataset(unpacked)
+    before = ds.load_weights()
+    first = ds.load_weights([3], initial=True)
+    assert np.isfinite(before).all()
+    pack(unpacked)  # what generate does once the store is complete
+    np.testing.assert_array_equal(ds.load_weights(), before)
+    np.testing.assert_array_equal(ds.load_weights([3], initial=True), first)
+    np.testing.assert_array_equal(np.asarray(ds.weights[:]), before)
+    np.testing.assert_array_equal(ds.weights_memmap(), before)
