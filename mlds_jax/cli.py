@@ -59,12 +59,16 @@ def main():
 @click.option("--slots", type=click.IntRange(min=1), help="Nets trained at once (default: memory budget).")
 @click.option("--seed", type=click.IntRange(min=0), help="Dataset seed (overrides the config).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with another config.")
+@click.option("--ids", "id_range", metavar="A:B", callback=lambda c, p, v: _id_range(v),
+              help="Train only nets A..B-1 of the tier (for job arrays): A and B multiples of "
+                   "the store's chunk rows, or B past the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def generate(config, out, per_task, overrides, slots, seed, overwrite, progress):
+def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range, progress):
     """Train the first PER_TASK nets of every task of CONFIG into the store at --out.
 
     CONFIG is a name from configs/ (ds1, smoke) or a TOML file. Rerunning the same command
-    resumes; a larger --per-task extends the store.
+    resumes; a larger --per-task extends the store. Any number of runs may fill one store
+    at once (on one machine or many sharing a file system): each claims chunks of nets.
     """
     from tqdm import tqdm
 
@@ -118,6 +122,16 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
     def on_repair(ids, why):
         click.echo(f"retraining {len(ids)} damaged nets: {why}", err=True)
 
+    waiting = False
+
+    def on_wait(n):
+        nonlocal waiting
+        if not waiting:
+            click.echo(f"waiting for {n} nets that other writers are training (a writer that "
+                       f"dies has its nets taken over after {cfg.run.lease_seconds:g} s)",
+                       err=True)
+        waiting = True
+
     def on_step(running, max_epoch):
         nonlocal in_training
         in_training = f"{running} in training (up to epoch {max_epoch}/{cfg.recipe.max_epochs})"
@@ -125,9 +139,9 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
 
     try:
         with stop_signals.installed():
-            report = gen.generate(cfg, out, per_task, overwrite=overwrite,
+            report = gen.generate(cfg, out, per_task, ids=id_range, overwrite=overwrite,
                                   on_start=on_start, on_progress=on_progress,
-                                  on_step=on_step, on_repair=on_repair)
+                                  on_step=on_step, on_repair=on_repair, on_wait=on_wait)
     except Interrupted as e:
         if bar is not None:
             bar.close()
@@ -144,7 +158,12 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, progress)
     finally:
         if bar is not None:
             bar.close()
-    click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now, "
+    notes = ""
+    if report.taken_over:
+        notes += f", {report.taken_over} chunks taken over from dead writers"
+    if report.dropped:
+        notes += f", {report.dropped} nets dropped after their lease was lost"
+    click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now{notes}, "
                f"{report.seconds:.0f} s)")
 
 
@@ -185,6 +204,18 @@ def info(path):
             num(row.mean_sequences_right, ".3f"),
         )
     Console(width=160).print(table)
+
+
+def _id_range(value):
+    if value is None:
+        return None
+    try:
+        lo, hi = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not A:B (two integers)") from None
+    if lo < 0 or hi <= lo:
+        raise click.BadParameter(f"{value!r}: need 0 <= A < B")
+    return lo, hi
 
 
 def _open(path):

@@ -138,6 +138,9 @@ class RunOptions:
     # about 12x faster on CPU), "xla" (lax.scan, any backend), or "auto" (the kernel where
     # it applies). Same results to float rounding, so not part of the dataset's identity.
     recurrence: str = "auto"
+    # A writer holds each chunk it trains under a lease it renews every quarter of this;
+    # a writer dead this long has its chunks taken over by another (mlds_jax.leases).
+    lease_seconds: float = 120.0
 
     def __post_init__(self):
         if self.recurrence not in ("auto", "xla", "cpu-kernel"):
@@ -146,6 +149,9 @@ class RunOptions:
             )
         if self.slots < 0:
             raise ConfigError(f"run.slots must be >= 0 (0: from the memory budget), got {self.slots}")
+        if not self.lease_seconds > 0 or self.lease_seconds == float("inf"):
+            raise ConfigError(f"run.lease_seconds must be positive and finite, got "
+                              f"{self.lease_seconds}")
         for name in ("memory_budget_mb", "chunk_rows", "val_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be positive, got {getattr(self, name)}")

@@ -13,7 +13,7 @@ import errno
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +26,13 @@ from mlds_jax.data import (
     make_dataset_data,
     make_trigger_dataset_data,
 )
+from mlds_jax.leases import Leases
 from mlds_jax.rawrows import pack
 from mlds_jax.signals import stop_signals
 from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
 from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train import FinishedNets, Population, choose_slots
 from mlds_jax.verify import verify as verify_store
-
-
-@dataclasses.dataclass(frozen=True)
-class RunReport:
-    """What a run did."""
-
-    total: int  # nets in the requested tier
-    already_stored: int  # finished before this run started
-    trained: int  # finished by this run
-    slots: int  # nets trained at once (0 when there was nothing to do)
-    seconds: float
 
 
 def task_data(cfg: DatasetConfig) -> list[TaskData]:
@@ -118,81 +108,220 @@ def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) 
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RunReport:
+    """What a run did."""
+
+    total: int  # nets in the requested tier (or in --ids)
+    already_stored: int  # finished before this run started
+    trained: int  # finished and written by this run
+    slots: int  # nets trained at once (0 when there was nothing to do)
+    seconds: float
+    taken_over: int = 0  # chunks claimed from a dead writer's expired lease
+    dropped: int = 0  # nets trained but not written: their chunk's lease was lost
+
+
 def generate(
     cfg: DatasetConfig,
     out: str | Path,
     per_task: int,
     *,
+    ids: tuple[int, int] | None = None,
     overwrite: bool = False,
     on_start: Callable[[int, int, int], None] | None = None,
     on_progress: Callable[[FinishedNets], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     on_repair: Callable[[list[int], str], None] | None = None,
+    on_wait: Callable[[int], None] | None = None,
 ) -> RunReport:
-    """Make sure the first `num_tasks * per_task` nets of the dataset are in the store at `out`.
+    """Make sure the first `num_tasks * per_task` nets of the dataset (of them, ids in
+    `[ids[0], ids[1])`) are in the store at `out`, together with any other writers.
 
     `on_start(total, already_stored, slots)` is called once before training;
     `on_progress(finished)` after every batch of nets is safely written;
     `on_step(running, max_epoch)` after every compiled training step;
-    `on_repair(ids, reason)` when finished rows that fail `mlds verify` go back to pending.
+    `on_repair(ids, reason)` when finished rows that fail `mlds verify` go back to pending;
+    `on_wait(nets)` while the only work left is held by other writers.
 
     Before anything is written the run checks it can finish (`preflight`: disk and memory);
-    before training, that the store is writable. Finished rows are checked (`verify`) before
-    and after training: a damaged row is trained again, never counted as done, and a store
-    is packed only once every row passes. StoreError (one line) for what the user must fix.
+    before training, that the store is writable. Work is claimed a chunk at a time
+    (`mlds_jax.leases`), so any number of runs may fill one store at once; a run waits for
+    the others' chunks to be finished (or takes them over when a writer dies), so when it
+    returns every net asked for is stored. Finished rows are checked (`verify`) before and
+    after training: a damaged row is trained again, never counted as done. The store is
+    packed by the run that finds it complete. StoreError (one line) for what the user must
+    fix.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be positive, got {per_task}")
     t0 = time.perf_counter()
-    total = cfg.num_tasks * per_task
-    preflight(cfg, out, total, overwrite)
-    _unpack_if_work_left(out, total, overwrite)
-    store = open_store(cfg, out, total, overwrite)
-    store, repaired = _reset_damaged(store, on_repair)
-    todo = store.pending(total)
-    already = total - len(todo)
-    slots = choose_slots(cfg, len(todo)) if len(todo) else 0
-    if len(todo):
+    n_tier = cfg.num_tasks * per_task
+    preflight(cfg, out, n_tier, overwrite)
+    store = _prepare_store(cfg, out, n_tier, overwrite)
+    chunk_rows = store.array("status").chunks[0]
+    lo, hi = _checked_ids_range(ids, n_tier, chunk_rows)
+    work = list(range(lo // chunk_rows, -(-hi // chunk_rows)))  # the chunks of [lo, hi)
+    leases = Leases(store.path, cfg.run.lease_seconds)
+
+    def pending_in(chunks) -> np.ndarray:
+        todo = store.pending(hi)
+        return todo[np.isin(todo // chunk_rows, list(chunks)) & (todo >= lo)]
+
+    with leases.locked():
+        store = _reset_damaged(store, on_repair, skip=leases.others())
+        others = leases.others()
+        todo = pending_in(work)
+        mine = pending_in(set(work) - others)
+    already = hi - lo - len(todo)
+    slots = choose_slots(cfg, len(mine)) if len(mine) else 0
+    if len(mine):
         store.check_writable()  # before the first batch trains, not after
     if on_start:
-        on_start(total, already, slots)
-    trained = 0
+        on_start(hi - lo, already, slots)
+
+    trained = dropped = repairs = 0
 
     def step(running: int, max_epoch: int) -> None:
         stop_signals.check()
         if on_step:
             on_step(running, max_epoch)
 
-    for _ in range(_TRAINING_ROUNDS):
-        if len(todo):
-            data = task_data(cfg)
-            for done in Population(cfg, data, slots).run(todo, on_step=step):
-                # A stop waits until the rows are written and reported: none half done.
-                with stop_signals.deferred():
-                    try:
-                        write_finished(store, cfg, done)
-                    except OSError as e:
-                        raise _write_error(cfg, store, total, e) from e
-                    trained += len(done)
-                    if on_progress:
-                        on_progress(done)
-        # What another process (or the disk) did meanwhile: rows that fail now go again.
-        if len(todo) or repaired:
-            store, repaired = _reset_damaged(store, on_repair)
-        todo = store.pending(total)
-        if not len(todo):
-            break
-        slots = slots or choose_slots(cfg, len(todo))
-    else:
-        raise DamagedStoreError(f"store at {out}: nets {_ids_text(todo)} still fail "
-                                f"`mlds verify` after {_TRAINING_ROUNDS} rounds of training")
-    if cfg.run.pack and not len(store.pending()):
-        store.check_writable()
-        pack(store.path)  # complete: weights become one memory-mappable block
-    return RunReport(total, already, trained, slots, time.perf_counter() - t0)
+    leases.start_renewing()
+    try:
+        while True:
+            claims = _Claims(store, leases, work, lo, hi)
+            if claims.todo:
+                slots = slots or choose_slots(cfg, len(pending_in(work)))
+                population = Population(cfg, task_data(cfg), slots)
+                for done in population.run(claims.ids(), on_step=step):
+                    net_ids = done.net_id
+                    keep = claims.still_held(net_ids)
+                    dropped += int((~keep).sum())
+                    done = _subset(done, keep)
+                    # A stop waits until the rows are written and reported: none half done.
+                    with stop_signals.deferred():
+                        try:
+                            write_finished(store, cfg, done)
+                        except OSError as e:
+                            raise _write_error(cfg, store, n_tier, e) from e
+                        trained += len(done)
+                        if on_progress:
+                            on_progress(done)
+                    claims.finished(net_ids)
+            # What another writer (or the disk) did meanwhile: rows that fail go again.
+            with leases.locked():
+                before = len(pending_in(work))
+                store = _reset_damaged(store, on_repair, skip=leases.others())
+                repairs += len(pending_in(work)) > before
+                others = leases.others()
+                left = pending_in(work)
+                free = pending_in(set(work) - others)
+            if repairs > _REPAIR_ROUNDS:
+                raise DamagedStoreError(f"store at {out}: nets {_ids_text(left)} still fail "
+                                        f"`mlds verify` after {_REPAIR_ROUNDS} rounds of "
+                                        f"training")
+            if not len(left):
+                break
+            if not len(free):  # the rest is another writer's: wait for it, or its expiry
+                if on_wait:
+                    on_wait(len(left))
+                time.sleep(min(cfg.run.lease_seconds / 4, 5.0))
+    finally:
+        leases.release_all()
+    with leases.locked():
+        if cfg.run.pack and not len(store.pending()) and not leases.others():
+            if not DatasetStore.open(store.path, mode="r").packed:
+                store.check_writable()
+                pack(store.path)  # complete: weights become one memory-mappable block
+    return RunReport(hi - lo, already, trained, slots, time.perf_counter() - t0,
+                     taken_over=len(leases.taken_over), dropped=dropped)
 
 
-_TRAINING_ROUNDS = 3  # damaged rows found after training are retrained this many times
+_REPAIR_ROUNDS = 3  # damaged rows found after training are retrained this many times
+
+
+class _Claims:
+    """The net ids this writer trains: pending rows of the `work` chunks, claimed one chunk
+    at a time as the trainer asks for more (so writers share what is left), each chunk's
+    lease released once its nets are written."""
+
+    def __init__(self, store: DatasetStore, leases: Leases, work: list[int], lo: int, hi: int):
+        self.store, self.leases = store, leases
+        self.rows = store.array("status").chunks[0]
+        self.lo, self.hi = lo, hi
+        todo = store.pending(hi)
+        todo = todo[todo >= lo] // self.rows
+        self.todo = [k for k in work if k in set(todo.tolist())]  # chunks with work, at start
+        self.outstanding: dict[int, int] = {}  # chunk -> nets handed out, not yet written
+
+    def _pending(self, chunk: int) -> np.ndarray:
+        start, stop = max(chunk * self.rows, self.lo), min((chunk + 1) * self.rows, self.hi)
+        return start + np.flatnonzero(self.store.read_rows_of("status", start, stop) == 0)
+
+    def _claim(self) -> np.ndarray | None:
+        with self.leases.locked():
+            others = self.leases.others()
+            for chunk in list(self.todo):
+                if chunk in others or chunk in self.outstanding:
+                    continue
+                ids = self._pending(chunk)  # read under the lock: the truth now
+                self.todo.remove(chunk)
+                if len(ids) and self.leases.claim([chunk]) is not None:
+                    self.outstanding[chunk] = len(ids)
+                    return ids
+        return None
+
+    def ids(self) -> Iterator[int]:
+        while (got := self._claim()) is not None:
+            yield from got.tolist()
+
+    def still_held(self, net_ids) -> np.ndarray:
+        chunks = np.asarray(net_ids) // self.rows
+        held = {int(k): self.leases.holds(int(k)) for k in np.unique(chunks)}
+        return np.array([held[int(k)] for k in chunks], bool)
+
+    def finished(self, net_ids) -> None:
+        """`net_ids` left the trainer (written, or dropped with a lost lease)."""
+        for k in (np.asarray(net_ids) // self.rows).tolist():
+            self.outstanding[k] -= 1
+            if not self.outstanding[k]:
+                del self.outstanding[k]
+                self.leases.release(k)
+
+
+def _subset(done: FinishedNets, keep: np.ndarray) -> FinishedNets:
+    if keep.all():
+        return done
+    return FinishedNets(**{f.name: getattr(done, f.name)[keep]
+                           for f in dataclasses.fields(FinishedNets)})
+
+
+def _checked_ids_range(ids, n_tier: int, chunk_rows: int) -> tuple[int, int]:
+    """[lo, hi) of the nets to train: all of the tier, or `ids` cut to it; both ends on
+    chunk boundaries (or hi at the tier's end), so that no two ranges share a chunk."""
+    if ids is None:
+        return 0, n_tier
+    lo, hi = ids
+    hi = min(hi, n_tier)
+    if not 0 <= lo < hi:
+        raise StoreError(f"--ids {lo}:{ids[1]} holds no net of this tier (0:{n_tier})")
+    if lo % chunk_rows or (hi % chunk_rows and hi != n_tier):
+        raise StoreError(f"--ids {lo}:{ids[1]} must start and end on multiples of the "
+                         f"store's {chunk_rows} rows per chunk (or end at {n_tier}), so that "
+                         f"no two writers share a chunk")
+    return lo, hi
+
+
+def _prepare_store(cfg: DatasetConfig, out: str | Path, n_tier: int,
+                   overwrite: bool) -> DatasetStore:
+    """Open the store, creating it (atomically: one of several racing creators wins, the
+    others open its store), then under the writers' lock extend it and unpack it if it was
+    packed and has work again."""
+    if overwrite or not (Path(out) / "zarr.json").is_file():
+        open_store(cfg, out, n_tier, overwrite)
+    with Leases(out).locked():
+        _unpack_if_work_left(out, n_tier)
+        return open_store(cfg, out, n_tier)
 
 
 def _write_error(cfg: DatasetConfig, store: DatasetStore, total: int, e: OSError) -> StoreError:
@@ -215,19 +344,22 @@ def _ids_text(ids) -> str:
     return head + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
 
 
-def _reset_damaged(store: DatasetStore, on_repair: Callable[[list[int], str], None] | None
-                   ) -> tuple[DatasetStore, list[int]]:
+def _reset_damaged(store: DatasetStore, on_repair: Callable[[list[int], str], None] | None,
+                   skip: set[int] = frozenset()) -> DatasetStore:
     """Run `verify` on the store; every finished row it finds a problem with goes back to
     pending (unreadable chunks are deleted first, so zarr can rewrite them; a packed store is
-    unpacked first). Returns the store (reopened if unpacked) and the ids. Problems that no
-    retraining fixes (shapes) and unreadable packed weights: DamagedStoreError."""
+    unpacked first), except in chunks `skip` (another writer's: it repairs them). Returns the
+    store (reopened if unpacked). Problems no retraining fixes (shapes) and unreadable packed
+    weights: DamagedStoreError. Call it under the writers' lock."""
     report = verify_store(store.path)
     shape = [p.message for p in report.problems if p.kind == "shape"]
     if shape:
         raise DamagedStoreError(f"store at {store.path} is damaged: {shape[0]}")
-    damaged = report.damaged_rows()
+    rows = store.array("status").chunks[0]
+    damaged = [n for n in report.damaged_rows() if n // rows not in skip]
+    chunks = [(name, k) for name, k in report.unreadable_chunks() if k not in skip]
     if not damaged:
-        return store, []
+        return store
     if store.packed:
         if report.unreadable_chunks(WEIGHT_ARRAYS):
             raise DamagedStoreError(f"store at {store.path} is damaged: packed weights of nets "
@@ -235,11 +367,11 @@ def _reset_damaged(store: DatasetStore, on_repair: Callable[[list[int], str], No
                                     f"restore it from a copy")
         store.check_writable()
         pack(store.path, unpack=True)
-        store = DatasetStore.open(store.path, mode="r+")
-    store.reset_rows(damaged, report.unreadable_chunks())
+    store = DatasetStore.open(store.path, mode="r+")
+    store.reset_rows(damaged, chunks)
     if on_repair:
         on_repair(damaged, report.first_problem(damaged))
-    return store, damaged
+    return store
 
 
 def preflight(cfg: DatasetConfig, out: str | Path, total: int, overwrite: bool) -> None:
@@ -286,12 +418,10 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
-def _unpack_if_work_left(out: str | Path, total: int, overwrite: bool) -> None:
+def _unpack_if_work_left(out: str | Path, total: int) -> None:
     """A packed store (complete when it was packed) goes back to the chunked layout the
-    generator writes before it is extended or, after a partial unpack, resumed. An unpack
-    killed between its two renames is finished first."""
-    if overwrite or not (Path(out) / "zarr.json").is_file():
-        return
+    generator writes before it is extended or, after a partial unpack or damage, resumed. An
+    unpack killed between its two renames is finished first (opening it for writing)."""
     try:
         store = DatasetStore.open(out, mode="r+")
     except StoreError:

@@ -96,8 +96,9 @@ ROW_CHECKSUMS = "checksums/rows"  # (N, 2) int64, columns WEIGHT_ARRAYS
 NO_CHECKSUM = -1
 # Left behind only by a rawrows.pack() killed between its two renames; see _checked_arrays.
 _PACK_LEFTOVERS = {f".{n}.{s}" for n in WEIGHT_ARRAYS for s in ("new", "old")}
-# What else may sit in a store directory: `mlds card` output and the checksums group.
-EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures"}
+# What else may sit in a store directory: `mlds card` output, the checksums group, the
+# writers' leases (mlds_jax.leases).
+EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures", "leases"}
 TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
@@ -297,6 +298,10 @@ class DatasetStore:
             raise ValueError(f"n_nets={n} outside the store's 0..{self.n_nets} rows")
         status = self.read_array("status", n)
         return np.flatnonzero(status == STATUS_PENDING).astype(np.int64)
+
+    def read_rows_of(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of array ``name`` (one chunk's worth: no damage report)."""
+        return np.asarray(self._arrays[name][start:stop])
 
     def write_rows(self, ids, *, weights, initial_weights, task, seed, status, epochs,
                    loss_curve, val_accuracy, hyperparameters) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -357,6 +357,21 @@ def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
     return max(1, min(slots, n_nets))
 
 
+class _Queue:
+    """The ids still to train, read lazily from an iterable; true while any are left."""
+
+    def __init__(self, ids: Iterable[int]):
+        self._ids = iter(ids)
+        self._next = next(self._ids, None)
+
+    def __bool__(self) -> bool:
+        return self._next is not None
+
+    def pop(self) -> int:
+        n, self._next = self._next, next(self._ids, None)
+        return int(n)
+
+
 class Population:
     """M slots trained together. Compiles its step once per population size."""
 
@@ -383,9 +398,11 @@ class Population:
         self._step = jax.jit(population_step, donate_argnums=0)
         self._empty = jax.jit(init_nets)
 
-    def run(self, net_ids: Sequence[int],
+    def run(self, net_ids: Iterable[int],
             on_step: Callable[[int, int], None] | None = None) -> Iterator[FinishedNets]:
-        """Train `net_ids` (in order of entry) and yield nets as they finish.
+        """Train `net_ids` (in order of entry) and yield nets as they finish. `net_ids` is
+        read lazily, one id ahead of the slots that take them (a writer claims work as the
+        population asks for it).
 
         `on_step(running, max_epoch)` is called after every compiled step with the number of
         nets in training and the most epochs any of them has done (for progress displays).
@@ -395,7 +412,7 @@ class Population:
         slots still hold a running net, the population is compacted to those nets (one
         more compile per new size) so the tail does not pay for finished slots.
         """
-        queue = [int(n) for n in net_ids][::-1]
+        queue = _Queue(net_ids)
         slot_net = np.full(self.slots, EMPTY, np.int64)  # host view of which net each slot holds
         state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
         while queue or (slot_net != EMPTY).any():

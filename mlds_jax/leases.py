@@ -1,0 +1,185 @@
+"""Claims on a store's chunks, so that many writers (processes, hosts, Ray workers) fill one
+store without two of them ever touching one chunk, and a dead writer's work is taken over.
+
+A writer trains the nets of chunk ``k`` (rows ``[k * C, (k + 1) * C)``, C = chunk_rows)
+only while it holds the lease ``<store>/leases/chunk-<k>.json``: the owner (host, pid, a
+random token) and an expiry time. A background thread renews every held lease each quarter
+of its lifetime; a writer that dies stops renewing, and once the lease has expired another
+writer may take the chunk over. Every decision (claim, renew, take over, release) happens
+under an exclusive ``flock`` on ``<store>/leases/.lock`` and rewrites lease files atomically,
+so two writers never hold one chunk. Before writing finished rows a writer checks that it
+still holds their chunk (a writer stalled past its expiry drops them; the new owner trains
+them again).
+
+Needs a file system whose ``flock`` is shared by every writer: any local one, and NFS (v4, or
+v3 with lockd), Lustre (mounted with ``flock``), GPFS, CephFS. Object storage has no such
+lock: there the leases would need a conditional write (S3 ``If-None-Match``) or an external
+coordinator; see the README's "Scaling out".
+
+The standard library and the store's StoreError only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from mlds_jax.store import StoreError
+
+LEASES = "leases"  # the folder in a store
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    chunk: int
+    owner: str
+    expires: float  # time.time() seconds
+
+    def live(self, now: float) -> bool:
+        return self.expires > now
+
+
+class Leases:
+    """This writer's leases on the chunks of the store at ``path``."""
+
+    def __init__(self, path, seconds: float = 120.0, owner: str | None = None):
+        if seconds <= 0:
+            raise ValueError(f"lease seconds must be positive, got {seconds}")
+        self.dir = Path(path) / LEASES
+        self.seconds = seconds
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: set[int] = set()
+        self.taken_over: list[int] = []  # chunks claimed from an expired lease
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- the lock and the files -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Exclusive over every writer of this store (flock on ``leases/.lock``)."""
+        try:
+            self.dir.mkdir(exist_ok=True)
+            f = open(self.dir / ".lock", "a+b")
+        except OSError as e:
+            where = self.dir if self.dir.is_dir() else self.dir.parent
+            raise StoreError(f"store at {self.dir.parent} is not writable: cannot create a "
+                             f"file in {where} ({e.strerror or e})") from e
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _file(self, chunk: int) -> Path:
+        return self.dir / f"chunk-{chunk}.json"
+
+    def _read(self, chunk: int) -> Lease | None:
+        try:
+            doc = json.loads(self._file(chunk).read_text())
+            return Lease(chunk, str(doc["owner"]), float(doc["expires"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return Lease(chunk, "?", 0.0)  # unreadable: treat as expired, so it is taken over
+
+    def _write(self, chunk: int) -> None:
+        doc = {"owner": self.owner, "expires": time.time() + self.seconds,
+               "seconds": self.seconds}
+        tmp = self.dir / f".chunk-{chunk}.{uuid.uuid4().hex[:8]}.partial"
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self._file(chunk))
+
+    def all(self) -> dict[int, Lease]:
+        """Every lease file's lease (live or not), by chunk."""
+        out = {}
+        for p in self.dir.glob("chunk-*.json"):
+            try:
+                chunk = int(p.stem.split("-", 1)[1])
+            except ValueError:
+                continue
+            lease = self._read(chunk)
+            if lease is not None:
+                out[chunk] = lease
+        return out
+
+    def others(self) -> set[int]:
+        """Chunks another writer holds a live lease on."""
+        now = time.time()
+        return {k for k, lease in self.all().items() if lease.owner != self.owner
+                and lease.live(now)}
+
+    # ---- claiming -----------------------------------------------------------------------
+
+    def claim(self, candidates: Iterable[int]) -> int | None:
+        """Take the first chunk of ``candidates`` no other writer holds a live lease on (call
+        under ``locked()``, after checking the chunk still has work). None if there is none."""
+        now = time.time()
+        for chunk in candidates:
+            lease = self._read(chunk)
+            if lease is not None and lease.owner != self.owner and lease.live(now):
+                continue
+            if lease is not None and lease.owner != self.owner:
+                self.taken_over.append(chunk)
+            self._write(chunk)
+            self.held.add(chunk)
+            return chunk
+        return None
+
+    def holds(self, chunk: int) -> bool:
+        """This writer still holds ``chunk`` (it was not expired and taken over)."""
+        lease = self._read(chunk)
+        return chunk in self.held and lease is not None and lease.owner == self.owner
+
+    def release(self, chunk: int) -> None:
+        with self.locked():
+            if self.holds(chunk):
+                self._file(chunk).unlink(missing_ok=True)
+            self.held.discard(chunk)
+
+    def release_all(self) -> None:
+        self.stop_renewing()
+        for chunk in sorted(self.held):
+            self.release(chunk)
+
+    def renew(self) -> None:
+        """Push the expiry of every lease still held; forget those lost to another writer."""
+        with self.locked():
+            for chunk in sorted(self.held):
+                if self.holds(chunk):
+                    self._write(chunk)
+                else:
+                    self.held.discard(chunk)
+
+    # ---- the heartbeat ------------------------------------------------------------------
+
+    def start_renewing(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def beat():
+            while not self._stop.wait(self.seconds / 4):
+                try:
+                    self.renew()
+                except OSError:
+                    pass  # a transient file-system error: the next beat tries again
+
+        self._thread = threading.Thread(target=beat, name="mlds-lease-renewal", daemon=True)
+        self._thread.start()
+
+    def stop_renewing(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
