@@ -141,7 +141,8 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
         with stop_signals.installed():
             report = gen.generate(cfg, out, per_task, ids=id_range, overwrite=overwrite,
                                   on_start=on_start, on_progress=on_progress,
-                                  on_step=on_step, on_repair=on_repair, on_wait=on_wait)
+                                  on_step=on_step, on_repair=on_repair, on_wait=on_wait,
+                                  on_note=lambda line: click.echo(line, err=True))
     except Interrupted as e:
         if bar is not None:
             bar.close()

@@ -141,6 +141,9 @@ class RunOptions:
     # A writer holds each chunk it trains under a lease it renews every quarter of this;
     # a writer dead this long has its chunks taken over by another (mlds_jax.leases).
     lease_seconds: float = 120.0
+    # Nets in flight are checkpointed (orbax) this often and on SIGTERM, and a rerun goes on
+    # from there (mlds_jax.checkpoint); 0: never.
+    checkpoint_minutes: float = 5.0
 
     def __post_init__(self):
         if self.recurrence not in ("auto", "xla", "cpu-kernel"):
@@ -152,6 +155,9 @@ class RunOptions:
         if not self.lease_seconds > 0 or self.lease_seconds == float("inf"):
             raise ConfigError(f"run.lease_seconds must be positive and finite, got "
                               f"{self.lease_seconds}")
+        if not 0 <= self.checkpoint_minutes < float("inf"):
+            raise ConfigError(f"run.checkpoint_minutes must be >= 0 and finite (0: never), "
+                              f"got {self.checkpoint_minutes}")
         for name in ("memory_budget_mb", "chunk_rows", "val_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"run.{name} must be positive, got {getattr(self, name)}")

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,12 +27,13 @@ from mlds_jax.data import (
     make_dataset_data,
     make_trigger_dataset_data,
 )
+from mlds_jax.checkpoint import Checkpoints, Saved
 from mlds_jax.leases import Leases
 from mlds_jax.rawrows import pack
 from mlds_jax.signals import stop_signals
 from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
 from mlds_jax.tasks.automata import make_automata, stack_automata
-from mlds_jax.train import FinishedNets, Population, choose_slots
+from mlds_jax.train import EMPTY, FinishedNets, Population, choose_slots
 from mlds_jax.verify import verify as verify_store
 
 
@@ -119,6 +121,9 @@ class RunReport:
     seconds: float
     taken_over: int = 0  # chunks claimed from a dead writer's expired lease
     dropped: int = 0  # nets trained but not written: their chunk's lease was lost
+    resumed: int = 0  # nets that went on from a checkpoint
+    checkpoints: int = 0  # checkpoints saved
+    checkpoint_seconds: float = 0.0  # time spent saving them
 
 
 def generate(
@@ -133,6 +138,7 @@ def generate(
     on_step: Callable[[int, int], None] | None = None,
     on_repair: Callable[[list[int], str], None] | None = None,
     on_wait: Callable[[int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Make sure the first `num_tasks * per_task` nets of the dataset (of them, ids in
     `[ids[0], ids[1])`) are in the store at `out`, together with any other writers.
@@ -141,7 +147,8 @@ def generate(
     `on_progress(finished)` after every batch of nets is safely written;
     `on_step(running, max_epoch)` after every compiled training step;
     `on_repair(ids, reason)` when finished rows that fail `mlds verify` go back to pending;
-    `on_wait(nets)` while the only work left is held by other writers.
+    `on_wait(nets)` while the only work left is held by other writers;
+    `on_note(line)` for what the user should know (a checkpoint resumed or ignored).
 
     Before anything is written the run checks it can finish (`preflight`: disk and memory);
     before training, that the store is writable. Work is claimed a chunk at a time
@@ -167,11 +174,17 @@ def generate(
         todo = store.pending(hi)
         return todo[np.isin(todo // chunk_rows, list(chunks)) & (todo >= lo)]
 
+    checkpoints = None
+    if cfg.run.checkpoint_minutes > 0:
+        checkpoints = Checkpoints(store.path, leases, cfg.identity(), cfg.run.checkpoint_minutes)
     with leases.locked():
+        saved = checkpoints.adopt(on_note) if checkpoints else None
         store = _reset_damaged(store, on_repair, skip=leases.others())
         others = leases.others()
         todo = pending_in(work)
         mine = pending_in(set(work) - others)
+    if saved is not None:  # nets written after the checkpoint was saved are not resumed
+        saved.slot_net[~np.isin(saved.slot_net, todo)] = EMPTY
     already = hi - lo - len(todo)
     slots = choose_slots(cfg, len(mine)) if len(mine) else 0
     if len(mine):
@@ -180,20 +193,44 @@ def generate(
         on_start(hi - lo, already, slots)
 
     trained = dropped = repairs = 0
+    resumed_nets = 0 if saved is None else len(saved.nets)
 
     def step(running: int, max_epoch: int) -> None:
         stop_signals.check()
         if on_step:
             on_step(running, max_epoch)
 
+    def on_state(state, slot_net) -> None:
+        stop = stop_signals.pending in stop_signals.wait_for_checkpoint
+        if (checkpoints.due() or stop) and (slot_net != EMPTY).any():
+            epochs = np.asarray(state.epoch)
+            checkpoints.save(population.export_state(state), slot_net, epochs)
+        if stop:
+            stop_signals.check(now=True)
+
+    if checkpoints:
+        stop_signals.wait_for_checkpoint = {signal.SIGTERM}
+
     leases.start_renewing()
     try:
         while True:
             claims = _Claims(store, leases, work, lo, hi)
-            if claims.todo:
+            resume = None
+            if saved is not None:
+                resume, saved = _resumed(cfg, saved, claims, on_note), None
+            if claims.todo or resume is not None:
                 slots = slots or choose_slots(cfg, len(pending_in(work)))
                 population = Population(cfg, task_data(cfg), slots)
-                for done in population.run(claims.ids(), on_step=step):
+                if resume is not None:
+                    try:
+                        resume = (population.import_state(resume[0]), resume[1])
+                    except ValueError as e:
+                        if on_note:
+                            on_note(f"ignoring the checkpoint: its state does not fit ({e})")
+                        resume = None
+                        claims.first = [int(n) for n in claims.in_flight] + claims.first
+                for done in population.run(claims.ids(), on_step=step, resume=resume,
+                                           on_state=on_state if checkpoints else None):
                     net_ids = done.net_id
                     keep = claims.still_held(net_ids)
                     dropped += int((~keep).sum())
@@ -223,21 +260,42 @@ def generate(
             if not len(left):
                 break
             if not len(free):  # the rest is another writer's: wait for it, or its expiry
+                stop_signals.check(now=True)  # nothing in flight to checkpoint
                 if on_wait:
                     on_wait(len(left))
                 time.sleep(min(cfg.run.lease_seconds / 4, 5.0))
     finally:
         leases.release_all()
+    if checkpoints:
+        checkpoints.delete()  # every net it held is in the store
     with leases.locked():
         if cfg.run.pack and not len(store.pending()) and not leases.others():
             if not DatasetStore.open(store.path, mode="r").packed:
                 store.check_writable()
                 pack(store.path)  # complete: weights become one memory-mappable block
     return RunReport(hi - lo, already, trained, slots, time.perf_counter() - t0,
-                     taken_over=len(leases.taken_over), dropped=dropped)
+                     taken_over=len(leases.taken_over), dropped=dropped,
+                     resumed=resumed_nets,
+                     checkpoint_seconds=checkpoints.save_seconds if checkpoints else 0.0,
+                     checkpoints=checkpoints.saves if checkpoints else 0)
 
 
 _REPAIR_ROUNDS = 3  # damaged rows found after training are retrained this many times
+
+
+def _resumed(cfg: DatasetConfig, saved: Saved, claims: "_Claims", on_note):
+    """(state arrays, slot table) of an adopted checkpoint, its nets' chunks adopted by
+    `claims`; None (with a note) when nothing is left to resume."""
+    lost = claims.adopt(saved.nets)
+    saved.slot_net[np.isin(saved.slot_net, lost)] = EMPTY
+    nets = saved.nets
+    if not len(nets):
+        return None
+    if on_note:
+        epochs = saved.epochs[saved.slot_net != EMPTY]
+        on_note(f"resuming {len(nets)} nets from a checkpoint at epochs "
+                f"{int(epochs.min())}-{int(epochs.max())} (left by {saved.owner})")
+    return saved.leaves, saved.slot_net
 
 
 class _Claims:
@@ -253,6 +311,28 @@ class _Claims:
         todo = todo[todo >= lo] // self.rows
         self.todo = [k for k in work if k in set(todo.tolist())]  # chunks with work, at start
         self.outstanding: dict[int, int] = {}  # chunk -> nets handed out, not yet written
+        self.first: list[int] = []  # ids to hand out before claiming more (adopted chunks)
+        self.in_flight = np.empty(0, np.int64)  # a resumed checkpoint's nets
+
+    def adopt(self, in_flight: np.ndarray) -> np.ndarray:
+        """Take the chunks of a resumed checkpoint: those its writer still leased (now this
+        writer's) and those of its nets in flight. Their nets in flight count as handed out,
+        their other pending nets come first. Returns the nets in flight whose chunk another
+        writer holds now (they are not resumed)."""
+        with self.leases.locked():
+            for chunk in sorted(set((in_flight // self.rows).tolist()) - self.leases.held):
+                self.leases.claim([chunk])
+        lost = in_flight[~np.isin(in_flight // self.rows, list(self.leases.held))]
+        self.in_flight = in_flight[~np.isin(in_flight, lost)]
+        for chunk in sorted(self.leases.held):
+            ids = self._pending(chunk)
+            if chunk in self.todo:
+                self.todo.remove(chunk)
+            if not len(ids):
+                self.leases.release(chunk)
+                continue
+            self.outstanding[chunk] = len(ids)
+            self.first += [int(n) for n in ids if n not in set(in_flight.tolist())]
 
     def _pending(self, chunk: int) -> np.ndarray:
         start, stop = max(chunk * self.rows, self.lo), min((chunk + 1) * self.rows, self.hi)
@@ -272,6 +352,7 @@ class _Claims:
         return None
 
     def ids(self) -> Iterator[int]:
+        yield from self.first
         while (got := self._claim()) is not None:
             yield from got.tolist()
 

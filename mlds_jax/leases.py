@@ -136,6 +136,15 @@ class Leases:
             return chunk
         return None
 
+    def adopt(self, owner: str) -> list[int]:
+        """Make every lease of ``owner`` (a writer that is gone, whose checkpoint this writer
+        resumes) this writer's, expired or not. Call under ``locked()``."""
+        chunks = sorted(k for k, lease in self.all().items() if lease.owner == owner)
+        for chunk in chunks:
+            self._write(chunk)
+            self.held.add(chunk)
+        return chunks
+
     def holds(self, chunk: int) -> bool:
         """This writer still holds ``chunk`` (it was not expired and taken over)."""
         lease = self._read(chunk)

@@ -33,19 +33,31 @@ class _StopSignals:
     def __init__(self):
         self._held: int | None = None
         self._deferring = 0
+        # Signals that wait for the run's next checkpoint (SIGTERM while checkpointing):
+        # the run saves, then calls check(now=True).
+        self.wait_for_checkpoint: set[int] = set()
 
     def _handler(self, signum, frame):
         self._held = signum
         if not self._deferring:
             self.check()
 
-    def check(self) -> None:
-        """Raise `Interrupted` if a stop signal came and no write is in progress. The run
-        calls this between steps too: Python may run a handler inside a callback that
-        swallows its exception (a garbage-collection hook), and the stop must not be lost."""
-        if self._held is not None and not self._deferring:
-            signum, self._held = self._held, None
-            raise Interrupted(signum)
+    @property
+    def pending(self) -> int | None:
+        """The stop signal received and not yet acted on, if any."""
+        return self._held
+
+    def check(self, now: bool = False) -> None:
+        """Raise `Interrupted` if a stop signal came and no write is in progress (and, for a
+        signal in `wait_for_checkpoint`, only when `now`). The run calls this between steps
+        too: Python may run a handler inside a callback that swallows its exception (a
+        garbage-collection hook), and the stop must not be lost."""
+        if self._held is None or self._deferring:
+            return
+        if self._held in self.wait_for_checkpoint and not now:
+            return
+        signum, self._held = self._held, None
+        raise Interrupted(signum)
 
     @contextlib.contextmanager
     def installed(self):
@@ -60,6 +72,7 @@ class _StopSignals:
             yield
         finally:
             self._held = None
+            self.wait_for_checkpoint = set()
             for s, h in previous.items():
                 signal.signal(s, h)
 

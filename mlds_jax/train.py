@@ -357,6 +357,10 @@ def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
     return max(1, min(slots, n_nets))
 
 
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 class _Queue:
     """The ids still to train, read lazily from an iterable; true while any are left."""
 
@@ -399,13 +403,19 @@ class Population:
         self._empty = jax.jit(init_nets)
 
     def run(self, net_ids: Iterable[int],
-            on_step: Callable[[int, int], None] | None = None) -> Iterator[FinishedNets]:
+            on_step: Callable[[int, int], None] | None = None, *,
+            resume: tuple[NetState, np.ndarray] | None = None,
+            on_state: Callable[[NetState, np.ndarray], None] | None = None,
+            ) -> Iterator[FinishedNets]:
         """Train `net_ids` (in order of entry) and yield nets as they finish. `net_ids` is
         read lazily, one id ahead of the slots that take them (a writer claims work as the
         population asks for it).
 
         `on_step(running, max_epoch)` is called after every compiled step with the number of
         nets in training and the most epochs any of them has done (for progress displays).
+        `on_state(state, slot_net)` is called between steps, once finished nets are handed
+        back (for checkpoints: `export_state`); `resume=(state, slot_net)` starts from such
+        a point (`import_state`) instead of empty slots.
 
         A net finishes at a check; at the next step its slot takes the next waiting id, so
         slots never idle while work is left. Once the queue is empty and at most half the
@@ -413,9 +423,14 @@ class Population:
         more compile per new size) so the tail does not pay for finished slots.
         """
         queue = _Queue(net_ids)
-        slot_net = np.full(self.slots, EMPTY, np.int64)  # host view of which net each slot holds
-        state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
+        if resume is None:
+            slot_net = np.full(self.slots, EMPTY, np.int64)  # which net each slot holds
+            state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
+        else:
+            state, slot_net = resume[0], np.array(resume[1], np.int64)
         while queue or (slot_net != EMPTY).any():
+            if on_state:
+                on_state(state, slot_net)
             live = np.flatnonzero(slot_net != EMPTY)
             if not queue and 2 * live.size <= len(slot_net) and len(slot_net) > 1:
                 state = jax.tree.map(lambda a: a[live], state)
@@ -434,6 +449,30 @@ class Population:
             if done.size:
                 yield self._harvest(state, done)
                 slot_net[done] = EMPTY
+
+    def export_state(self, state: NetState) -> list[np.ndarray]:
+        """The population's state as host arrays in pytree order (keys as their raw data)."""
+        return [np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+                for x in jax.tree.leaves(jax.device_get(state))]
+
+    def import_state(self, leaves: Sequence[np.ndarray]) -> NetState:
+        """`export_state`'s arrays back to a state of this population's config; ValueError
+        if they do not fit (another network, recipe or package)."""
+        size = np.shape(leaves[0])[0] if len(leaves) else 0
+        template = jax.eval_shape(self._empty, jax.ShapeDtypeStruct((size,), jnp.int32))
+        want, treedef = jax.tree.flatten(template)
+        if len(want) != len(leaves):
+            raise ValueError(f"{len(leaves)} arrays, this population's state has {len(want)}")
+        out = []
+        for w, a in zip(want, leaves):
+            a = jnp.asarray(a)
+            if _is_key(w):
+                a = jax.random.wrap_key_data(a)
+            if a.shape != w.shape or a.dtype != w.dtype:
+                raise ValueError(f"an array of shape {a.shape} {a.dtype}, expected {w.shape} "
+                                 f"{w.dtype}")
+            out.append(a)
+        return jax.tree.unflatten(treedef, out)
 
     def _harvest(self, state: NetState, slots: np.ndarray) -> FinishedNets:
         # Copy what we need before the next step donates these buffers.

@@ -329,3 +329,75 @@ def test_a_reader_opened_before_the_final_pack_keeps_reading_the_same_weights(un
     np.testing.assert_array_equal(ds.load_weights([3], initial=True), first)
     np.testing.assert_array_equal(np.asarray(ds.weights[:]), before)
     np.testing.assert_array_equal(ds.weights_memmap(), before)
+
+
+# ---- checkpoints: nets in flight survive SIGKILL and SIGTERM ------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_nets_in_flight_resume_from_their_checkpoint(tmp_path, reference, sig):
+    """Checkpoints every step (SIGKILL: the last one is used) or only the one SIGTERM asks
+    for; the rerun goes on from the saved epochs and ends equal to an uninterrupted run."""
+    out = tmp_path / "preempted.zarr"
+    minutes = "0.0001" if sig == signal.SIGKILL else "1000"
+    args = ["generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK), "--slots", "2",
+            "--no-progress", "--set", f"run.checkpoint_minutes={minutes}"]
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    meta = None
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if sig == signal.SIGTERM:
+                if _stored(out) >= 2:
+                    break
+            else:
+                for path in out.glob("checkpoints/*/meta.json"):
+                    doc = json.loads(path.read_text())
+                    if max(doc["epochs"]) >= 4:
+                        meta = doc
+                if meta:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "Traceback" not in err, err
+        (path,) = out.glob("checkpoints/*/meta.json")  # written on the way out
+        meta = json.loads(path.read_text())
+    in_flight = [n for n in meta["slot_net"] if n >= 0]
+    assert in_flight and min(e for n, e in zip(meta["slot_net"], meta["epochs"])
+                             if n >= 0) > 0  # mid-training, not at epoch 0
+    status = mlds_jax.open_dataset(out).store.read_array("status")
+    assert (status[in_flight] == 0).all()
+    again = mlds(*args)
+    assert f"resuming {len(in_flight)} nets from a checkpoint at epochs " in again.stderr, \
+        again.stderr
+    assert f"training {N - int((status > 0).sum())} nets" in again.stdout
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    assert_same_as(out, reference)
+
+
+def test_a_checkpoint_of_another_package_version_is_ignored_with_a_line(tmp_path, reference):
+    out = tmp_path / "old.zarr"
+    shutil.copytree(reference, out)
+    pack(out, unpack=True)
+    ds = mlds_jax.open_dataset(out)
+    ds.store  # noqa: B018
+    from mlds_jax.store import DatasetStore
+
+    DatasetStore.open(out, mode="r+").reset_rows([0, 1])
+    ckpt = out / "checkpoints" / "elsewhere_1_x"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({
+        "owner": "elsewhere:1:x", "config": load_config("smoke").identity(),
+        "package_version": "0.0.1", "state": "1", "slot_net": [0, 1], "epochs": [4, 4]}))
+    run = mlds("generate", "smoke", "--out", out, "--per-task", PER_TASK, "--no-progress")
+    assert (f"ignoring the checkpoint in {ckpt}: written by mlds_jax 0.0.1, this is "
+            f"{mlds_jax.__version__}") in run.stderr, run.stderr
+    assert "training 2 nets" in run.stdout and not ckpt.exists()
+    assert_same_as(out, reference)
