@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mlds_jax import models
 from mlds_jax.config import SWEEPABLE, DatasetConfig
@@ -357,15 +359,28 @@ def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
     return max(1, min(slots, n_nets))
 
 
+def round_slots(slots: int, n_devices: int) -> int:
+    """`slots` rounded up to a multiple of `n_devices`, so each device holds as many."""
+    return -(-slots // n_devices) * n_devices
+
+
 class Population:
     """M slots trained together. Compiles its step once per population size."""
 
-    def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int):
+    def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int,
+                 devices: Sequence[jax.Device] | None = None):
+        """`devices`: where the slots live, by default every local device. With several,
+        the slot axis is split evenly over them (`slots` rounded up to a multiple; the
+        extra slots stay EMPTY) and every device holds a copy of the task data."""
+        devices = list(devices or jax.local_devices())
         self.cfg = cfg
-        self.slots = slots
+        self.slots = round_slots(slots, len(devices))
         self.recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
         self.data = TrainData.from_task_data(data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
+        self.mesh = Mesh(np.asarray(devices), ("slots",)) if len(devices) > 1 else None
+        if self.mesh:
+            self.data = jax.device_put(self.data, NamedSharding(self.mesh, P()))
 
         def init_nets(net_ids):
             # One net at a time: vmapped over M slots, the init's random draws compile
@@ -376,12 +391,25 @@ class Population:
             return train_chunk(cfg, data, state, fresh)
 
         def population_step(state, new_ids, data):
-            self.traced_sizes.append(len(new_ids))
             return jax.vmap(slot_step, in_axes=(0, 0, None))(state, init_nets(new_ids), data)
 
+        def per_device(f, *in_specs):
+            """`f` on each device's own slots (a block of the slot axis); one device: `f`.
+            shard_map, not automatic partitioning: XLA cannot split the CPU kernel's call.
+            No collectives: slots never talk, so the varying-axis check (which the one-net
+            scans' constant initial carries would fail) is off."""
+            if not self.mesh:
+                return f
+            return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=P("slots"),
+                                 check_vma=False)
+
+        def traced_step(state, new_ids, data):
+            self.traced_sizes.append(len(new_ids))
+            return per_device(population_step, P("slots"), P("slots"), P())(state, new_ids, data)
+
         # The one place the slot axis is added and the step compiled.
-        self._step = jax.jit(population_step, donate_argnums=0)
-        self._empty = jax.jit(init_nets)
+        self._step = jax.jit(traced_step, donate_argnums=0)
+        self._empty = jax.jit(per_device(init_nets, P("slots")))
 
     def run(self, net_ids: Sequence[int],
             on_step: Callable[[int, int], None] | None = None) -> Iterator[FinishedNets]:
@@ -399,9 +427,9 @@ class Population:
         slot_net = np.full(self.slots, EMPTY, np.int64)  # host view of which net each slot holds
         state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
         while queue or (slot_net != EMPTY).any():
-            live = np.flatnonzero(slot_net != EMPTY)
+            live = self._live_slots(slot_net)
             if not queue and 2 * live.size <= len(slot_net) and len(slot_net) > 1:
-                state = jax.tree.map(lambda a: a[live], state)
+                state = self._place(jax.tree.map(lambda a: a[live], state))
                 slot_net = slot_net[live]
             new_ids = np.full(len(slot_net), EMPTY, np.int32)
             for m in np.flatnonzero(slot_net == EMPTY):
@@ -417,6 +445,20 @@ class Population:
             if done.size:
                 yield self._harvest(state, done)
                 slot_net[done] = EMPTY
+
+    def _live_slots(self, slot_net: np.ndarray) -> np.ndarray:
+        """Indices of the slots holding a net, with empty ones added up to a multiple of
+        the device count (a population is split evenly over the devices)."""
+        live = np.flatnonzero(slot_net != EMPTY)
+        if not self.mesh:
+            return live
+        pad = round_slots(live.size, self.mesh.size) - live.size
+        return np.sort(np.concatenate([live, np.flatnonzero(slot_net == EMPTY)[:pad]]))
+
+    def _place(self, state: NetState) -> NetState:
+        """`state` with its slot axis split over the devices, as the step takes and returns
+        it (and so can reuse its buffers); one device: unchanged."""
+        return jax.device_put(state, NamedSharding(self.mesh, P("slots"))) if self.mesh else state
 
     def _harvest(self, state: NetState, slots: np.ndarray) -> FinishedNets:
         # Copy what we need before the next step donates these buffers.
