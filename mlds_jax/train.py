@@ -390,7 +390,7 @@ class Population:
         def slot_step(state, fresh, data):
             return train_chunk(cfg, data, state, fresh)
 
-        def population_step(state, new_ids, data):
+        def device_step(state, new_ids, data):
             return jax.vmap(slot_step, in_axes=(0, 0, None))(state, init_nets(new_ids), data)
 
         def per_device(f, *in_specs):
@@ -403,12 +403,12 @@ class Population:
             return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=P("slots"),
                                  check_vma=False)
 
-        def traced_step(state, new_ids, data):
+        def population_step(state, new_ids, data):
             self.traced_sizes.append(len(new_ids))
-            return per_device(population_step, P("slots"), P("slots"), P())(state, new_ids, data)
+            return per_device(device_step, P("slots"), P("slots"), P())(state, new_ids, data)
 
         # The one place the slot axis is added and the step compiled.
-        self._step = jax.jit(traced_step, donate_argnums=0)
+        self._step = jax.jit(population_step, donate_argnums=0)
         self._empty = jax.jit(per_device(init_nets, P("slots")))
 
     def run(self, net_ids: Sequence[int],
