@@ -3,8 +3,9 @@
 Everything below `Population` is written for ONE net: `NetState` holds one net's params,
 Adam state, counters and flags; `train_chunk` advances it `check_every` epochs and then
 validates it. `Population.__init__` is the one place that adds the slot axis with `vmap`
-and wraps the step in `jit` (state donated). The host loop in `Population.run` only decides
-which net id goes into which slot and hands finished nets back to the caller.
+(with several devices, split over them by `shard_map`) and wraps the step in `jit` (state
+donated). The host loop in `Population.run` only decides which net id goes into which slot
+and hands finished nets back to the caller.
 
 Randomness of net n derives from `(seed, n)` alone: `fold_in(key(seed), n)` split by
 purpose into its init key and its data-order key; epoch e's minibatch order is
@@ -348,7 +349,8 @@ CPU_SLOTS = 128
 
 def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
     """Slots to use: `run.slots` if set, else what the memory budget allows (on a CPU at
-    most CPU_SLOTS); never more than nets."""
+    most CPU_SLOTS); never more than nets. (`Population` rounds it up to a multiple of its
+    device count.)"""
     run = cfg.run
     if run.slots:
         slots = run.slots
