@@ -90,3 +90,9 @@ def test_two_devices_train_the_same_nets_as_one(tmp_path):
     assert np.abs(two["weights"] - one["weights"]).max() <= 1e-5
     np.testing.assert_allclose(two["loss_curve"], one["loss_curve"], atol=1e-5)
     np.testing.assert_allclose(two["val_accuracy"], one["val_accuracy"], atol=1e-6)
+
+
+def test_slots_round_up_to_a_multiple_of_the_devices():
+    assert [train.round_slots(m, 2) for m in (0, 1, 2, 3, 4)] == [0, 2, 2, 4, 4]
+    assert [train.round_slots(m, 1) for m in (1, 5)] == [1, 5]  # one device: as asked
+    assert train.round_slots(129, 8) == 136
