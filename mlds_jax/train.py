@@ -3,8 +3,9 @@
 Everything below `Population` is written for ONE net: `NetState` holds one net's params,
 Adam state, counters and flags; `train_chunk` advances it `check_every` epochs and then
 validates it. `Population.__init__` is the one place that adds the slot axis with `vmap`
-and wraps the step in `jit` (state donated). The host loop in `Population.run` only decides
-which net id goes into which slot and hands finished nets back to the caller.
+(with several devices, split over them by `shard_map`) and wraps the step in `jit` (state
+donated). The host loop in `Population.run` only decides which net id goes into which slot
+and hands finished nets back to the caller.
 
 Randomness of net n derives from `(seed, n)` alone: `fold_in(key(seed), n)` split by
 purpose into its init key and its data-order key; epoch e's minibatch order is
@@ -24,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mlds_jax import models
 from mlds_jax.config import SWEEPABLE, DatasetConfig
@@ -346,7 +349,8 @@ CPU_SLOTS = 128
 
 def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
     """Slots to use: `run.slots` if set, else what the memory budget allows (on a CPU at
-    most CPU_SLOTS); never more than nets."""
+    most CPU_SLOTS); never more than nets. (`Population` rounds it up to a multiple of its
+    device count.)"""
     run = cfg.run
     if run.slots:
         slots = run.slots
@@ -355,6 +359,11 @@ def choose_slots(cfg: DatasetConfig, n_nets: int) -> int:
         if jax.default_backend() == "cpu":
             slots = min(slots, CPU_SLOTS)
     return max(1, min(slots, n_nets))
+
+
+def round_slots(slots: int, n_devices: int) -> int:
+    """`slots` rounded up to a multiple of `n_devices`, so each device holds as many."""
+    return -(-slots // n_devices) * n_devices
 
 
 def _is_key(x) -> bool:
@@ -379,12 +388,20 @@ class _Queue:
 class Population:
     """M slots trained together. Compiles its step once per population size."""
 
-    def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int):
+    def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int,
+                 devices: Sequence[jax.Device] | None = None):
+        """`devices`: where the slots live, by default every local device. With several,
+        the slot axis is split evenly over them (`slots` rounded up to a multiple; the
+        extra slots stay EMPTY) and every device holds a copy of the task data."""
+        devices = list(devices or jax.local_devices())
         self.cfg = cfg
-        self.slots = slots
+        self.slots = round_slots(slots, len(devices))
         self.recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
         self.data = TrainData.from_task_data(data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
+        self.mesh = Mesh(np.asarray(devices), ("slots",)) if len(devices) > 1 else None
+        if self.mesh:
+            self.data = jax.device_put(self.data, NamedSharding(self.mesh, P()))
 
         def init_nets(net_ids):
             # One net at a time: vmapped over M slots, the init's random draws compile
@@ -394,13 +411,26 @@ class Population:
         def slot_step(state, fresh, data):
             return train_chunk(cfg, data, state, fresh)
 
+        def device_step(state, new_ids, data):
+            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, init_nets(new_ids), data)
+
+        def per_device(f, *in_specs):
+            """`f` on each device's own slots (a block of the slot axis); one device: `f`.
+            shard_map, not automatic partitioning: XLA cannot split the CPU kernel's call.
+            No collectives: slots never talk, so the varying-axis check (which the one-net
+            scans' constant initial carries would fail) is off."""
+            if not self.mesh:
+                return f
+            return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=P("slots"),
+                                 check_vma=False)
+
         def population_step(state, new_ids, data):
             self.traced_sizes.append(len(new_ids))
-            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, init_nets(new_ids), data)
+            return per_device(device_step, P("slots"), P("slots"), P())(state, new_ids, data)
 
         # The one place the slot axis is added and the step compiled.
         self._step = jax.jit(population_step, donate_argnums=0)
-        self._empty = jax.jit(init_nets)
+        self._empty = jax.jit(per_device(init_nets, P("slots")))
 
     def run(self, net_ids: Iterable[int],
             on_step: Callable[[int, int], None] | None = None, *,
@@ -427,13 +457,13 @@ class Population:
             slot_net = np.full(self.slots, EMPTY, np.int64)  # which net each slot holds
             state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
         else:
-            state, slot_net = resume[0], np.array(resume[1], np.int64)
+            state, slot_net = self._place(resume[0]), np.array(resume[1], np.int64)
         while queue or (slot_net != EMPTY).any():
             if on_state:
                 on_state(state, slot_net)
-            live = np.flatnonzero(slot_net != EMPTY)
+            live = self._live_slots(slot_net)
             if not queue and 2 * live.size <= len(slot_net) and len(slot_net) > 1:
-                state = jax.tree.map(lambda a: a[live], state)
+                state = self._place(jax.tree.map(lambda a: a[live], state))
                 slot_net = slot_net[live]
             new_ids = np.full(len(slot_net), EMPTY, np.int32)
             for m in np.flatnonzero(slot_net == EMPTY):
@@ -473,6 +503,20 @@ class Population:
                                  f"{w.dtype}")
             out.append(a)
         return jax.tree.unflatten(treedef, out)
+
+    def _live_slots(self, slot_net: np.ndarray) -> np.ndarray:
+        """Indices of the slots holding a net, with empty ones added up to a multiple of
+        the device count (a population is split evenly over the devices)."""
+        live = np.flatnonzero(slot_net != EMPTY)
+        if not self.mesh:
+            return live
+        pad = round_slots(live.size, self.mesh.size) - live.size
+        return np.sort(np.concatenate([live, np.flatnonzero(slot_net == EMPTY)[:pad]]))
+
+    def _place(self, state: NetState) -> NetState:
+        """`state` with its slot axis split over the devices, as the step takes and returns
+        it (and so can reuse its buffers); one device: unchanged."""
+        return jax.device_put(state, NamedSharding(self.mesh, P("slots"))) if self.mesh else state
 
     def _harvest(self, state: NetState, slots: np.ndarray) -> FinishedNets:
         # Copy what we need before the next step donates these buffers.
