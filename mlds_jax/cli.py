@@ -62,8 +62,20 @@ def main():
 @click.option("--ids", "id_range", metavar="A:B", callback=lambda c, p, v: _id_range(v),
               help="Train only nets A..B-1 of the tier (for job arrays): A and B multiples of "
                    "the store's chunk rows, or B past the end.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: train in this process; ray: one writer per worker of a Ray cluster "
+                   "(pip install 'mlds-jax[ray]').")
+@click.option("--address", help="--engine ray: the cluster to join ('auto', 'ray://HOST:10001'); "
+                                "default: start one on this machine.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="--engine ray: workers (default: the cluster's CPUs or GPUs per worker).")
+@click.option("--worker-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="--engine ray: CPUs each worker reserves.")
+@click.option("--worker-gpus", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="--engine ray: GPUs each worker reserves (1: one worker per GPU).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range, progress):
+def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range, engine, address,
+             workers, worker_cpus, worker_gpus, progress):
     """Train the first PER_TASK nets of every task of CONFIG into the store at --out.
 
     CONFIG is a name from configs/ (ds1, smoke) or a TOML file. Rerunning the same command
@@ -137,6 +149,13 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
         in_training = f"{running} in training (up to epoch {max_epoch}/{cfg.recipe.max_epochs})"
         show()
 
+    if engine == "ray":
+        if id_range is not None:
+            raise _Fail("--ids is for plain runs (job arrays); --engine ray shares out the "
+                        "whole tier itself")
+        return _generate_on_ray(cfg, out, per_task, overwrite, progress, address=address,
+                                workers=workers, worker_cpus=worker_cpus,
+                                worker_gpus=worker_gpus)
     try:
         with stop_signals.installed():
             report = gen.generate(cfg, out, per_task, ids=id_range, overwrite=overwrite,
@@ -205,6 +224,42 @@ def info(path):
             num(row.mean_sequences_right, ".3f"),
         )
     Console(width=160).print(table)
+
+
+def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):
+    from tqdm import tqdm
+
+    from mlds_jax.engines.ray_engine import generate_on_ray
+    from mlds_jax.signals import Interrupted, stop_signals
+
+    bar = None
+
+    def on_start(total, stored, n_workers):
+        nonlocal bar
+        if stored:
+            click.echo(f"resuming: {stored} of {total} nets already in {out}")
+        click.echo(f"{cfg.name}: training {total - stored} nets on {n_workers} Ray workers")
+        bar = tqdm(total=total, initial=stored, unit="net", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+    def on_progress(stored):
+        bar.update(stored - bar.n)
+
+    try:
+        with stop_signals.installed():
+            report = generate_on_ray(cfg, out, per_task, overwrite=overwrite, on_start=on_start,
+                                     on_progress=on_progress,
+                                     on_note=lambda line: click.echo(line, err=True), **engine)
+    except Interrupted as e:
+        if bar is not None:
+            bar.close()
+        click.echo(f"stopped by {e}: rerun the same command to resume", err=True)
+        sys.exit(e.exit_code)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now on "
+               f"{report.slots} workers, {report.seconds:.0f} s)")
 
 
 def _id_range(value):

@@ -164,7 +164,7 @@ def generate(
     t0 = time.perf_counter()
     n_tier = cfg.num_tasks * per_task
     preflight(cfg, out, n_tier, overwrite)
-    store = _prepare_store(cfg, out, n_tier, overwrite)
+    store = prepare_store(cfg, out, n_tier, overwrite)
     chunk_rows = store.array("status").chunks[0]
     lo, hi = _checked_ids_range(ids, n_tier, chunk_rows)
     work = list(range(lo // chunk_rows, -(-hi // chunk_rows)))  # the chunks of [lo, hi)
@@ -393,7 +393,7 @@ def _checked_ids_range(ids, n_tier: int, chunk_rows: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _prepare_store(cfg: DatasetConfig, out: str | Path, n_tier: int,
+def prepare_store(cfg: DatasetConfig, out: str | Path, n_tier: int,
                    overwrite: bool) -> DatasetStore:
     """Open the store, creating it (atomically: one of several racing creators wins, the
     others open its store), then under the writers' lock extend it and unpack it if it was

@@ -5,6 +5,8 @@ chunk-aligned range (job arrays). Each ends in a store equal to one uninterrupte
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,3 +137,34 @@ def test_ids_train_one_chunk_aligned_range(tmp_path, reference):
     assert "training 8 nets" in rest[1].stdout  # 12..19: cut to the tier
     assert_same_as(out, reference)
     assert mlds_jax.open_dataset(out).store.packed
+
+
+def test_ray_workers_share_the_tier_and_survive_a_killed_worker(tmp_path, reference):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray.zarr"
+    args = [sys.executable, "-m", "mlds_jax.cli", "generate", "smoke", "--out", str(out),
+            "--per-task", str(PER_TASK), "--engine", "ray", "--workers", "2", "--slots", "2",
+            "--set", "run.lease_seconds=4", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    try:
+        deadline = time.time() + 400
+        while killed is None and proc.poll() is None and time.time() < deadline:
+            for lease in (out / "leases").glob("chunk-*.json"):
+                try:
+                    owner = json.loads(lease.read_text())["owner"]
+                except (OSError, ValueError):
+                    continue
+                killed = int(owner.split(":")[1])  # a worker training its first chunk
+                os.kill(killed, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "no worker claimed a chunk"
+    assert proc.returncode == 0, stderr
+    assert "a worker died; starting another" in stderr and "Traceback" not in stderr, stderr
+    assert f"done: {N} nets in {out}" in stdout
+    assert_same_as(out, reference)
