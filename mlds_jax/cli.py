@@ -183,6 +183,10 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
         notes += f", {report.taken_over} chunks taken over from dead writers"
     if report.dropped:
         notes += f", {report.dropped} nets dropped after their lease was lost"
+    if report.resumed:
+        notes += f", {report.resumed} resumed from a checkpoint"
+    if report.checkpoints:
+        notes += f", {report.checkpoints} checkpoints in {report.checkpoint_seconds:.1f} s"
     click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now{notes}, "
                f"{report.seconds:.0f} s)")
 
