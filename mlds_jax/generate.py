@@ -28,7 +28,7 @@ from mlds_jax.data import (
     make_trigger_dataset_data,
 )
 from mlds_jax.checkpoint import Checkpoints, Saved
-from mlds_jax.leases import Leases
+from mlds_jax.leases import Claims, Leases
 from mlds_jax.rawrows import pack
 from mlds_jax.signals import stop_signals
 from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
@@ -214,7 +214,7 @@ def generate(
     leases.start_renewing()
     try:
         while True:
-            claims = _Claims(store, leases, work, lo, hi)
+            claims = Claims(store, leases, work, lo, hi)
             resume = None
             if saved is not None:
                 resume, saved = _resumed(cfg, saved, claims, on_note), None
@@ -283,7 +283,7 @@ def generate(
 _REPAIR_ROUNDS = 3  # damaged rows found after training are retrained this many times
 
 
-def _resumed(cfg: DatasetConfig, saved: Saved, claims: "_Claims", on_note):
+def _resumed(cfg: DatasetConfig, saved: Saved, claims: Claims, on_note):
     """(state arrays, slot table) of an adopted checkpoint, its nets' chunks adopted by
     `claims`; None (with a note) when nothing is left to resume."""
     lost = claims.adopt(saved.nets)
@@ -296,78 +296,6 @@ def _resumed(cfg: DatasetConfig, saved: Saved, claims: "_Claims", on_note):
         on_note(f"resuming {len(nets)} nets from a checkpoint at epochs "
                 f"{int(epochs.min())}-{int(epochs.max())} (left by {saved.owner})")
     return saved.leaves, saved.slot_net
-
-
-class _Claims:
-    """The net ids this writer trains: pending rows of the `work` chunks, claimed one chunk
-    at a time as the trainer asks for more (so writers share what is left), each chunk's
-    lease released once its nets are written."""
-
-    def __init__(self, store: DatasetStore, leases: Leases, work: list[int], lo: int, hi: int):
-        self.store, self.leases = store, leases
-        self.rows = store.array("status").chunks[0]
-        self.lo, self.hi = lo, hi
-        todo = store.pending(hi)
-        todo = todo[todo >= lo] // self.rows
-        self.todo = [k for k in work if k in set(todo.tolist())]  # chunks with work, at start
-        self.outstanding: dict[int, int] = {}  # chunk -> nets handed out, not yet written
-        self.first: list[int] = []  # ids to hand out before claiming more (adopted chunks)
-        self.in_flight = np.empty(0, np.int64)  # a resumed checkpoint's nets
-
-    def adopt(self, in_flight: np.ndarray) -> np.ndarray:
-        """Take the chunks of a resumed checkpoint: those its writer still leased (now this
-        writer's) and those of its nets in flight. Their nets in flight count as handed out,
-        their other pending nets come first. Returns the nets in flight whose chunk another
-        writer holds now (they are not resumed)."""
-        with self.leases.locked():
-            for chunk in sorted(set((in_flight // self.rows).tolist()) - self.leases.held):
-                self.leases.claim([chunk])
-        lost = in_flight[~np.isin(in_flight // self.rows, list(self.leases.held))]
-        self.in_flight = in_flight[~np.isin(in_flight, lost)]
-        for chunk in sorted(self.leases.held):
-            ids = self._pending(chunk)
-            if chunk in self.todo:
-                self.todo.remove(chunk)
-            if not len(ids):
-                self.leases.release(chunk)
-                continue
-            self.outstanding[chunk] = len(ids)
-            self.first += [int(n) for n in ids if n not in set(in_flight.tolist())]
-
-    def _pending(self, chunk: int) -> np.ndarray:
-        start, stop = max(chunk * self.rows, self.lo), min((chunk + 1) * self.rows, self.hi)
-        return start + np.flatnonzero(self.store.read_rows_of("status", start, stop) == 0)
-
-    def _claim(self) -> np.ndarray | None:
-        with self.leases.locked():
-            others = self.leases.others()
-            for chunk in list(self.todo):
-                if chunk in others or chunk in self.outstanding:
-                    continue
-                ids = self._pending(chunk)  # read under the lock: the truth now
-                self.todo.remove(chunk)
-                if len(ids) and self.leases.claim([chunk]) is not None:
-                    self.outstanding[chunk] = len(ids)
-                    return ids
-        return None
-
-    def ids(self) -> Iterator[int]:
-        yield from self.first
-        while (got := self._claim()) is not None:
-            yield from got.tolist()
-
-    def still_held(self, net_ids) -> np.ndarray:
-        chunks = np.asarray(net_ids) // self.rows
-        held = {int(k): self.leases.holds(int(k)) for k in np.unique(chunks)}
-        return np.array([held[int(k)] for k in chunks], bool)
-
-    def finished(self, net_ids) -> None:
-        """`net_ids` left the trainer (written, or dropped with a lost lease)."""
-        for k in (np.asarray(net_ids) // self.rows).tolist():
-            self.outstanding[k] -= 1
-            if not self.outstanding[k]:
-                del self.outstanding[k]
-                self.leases.release(k)
 
 
 def _subset(done: FinishedNets, keep: np.ndarray) -> FinishedNets:

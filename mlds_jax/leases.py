@@ -16,7 +16,8 @@ v3 with lockd), Lustre (mounted with ``flock``), GPFS, CephFS. Object storage ha
 lock: there the leases would need a conditional write (S3 ``If-None-Match``) or an external
 coordinator; see the README's "Scaling out".
 
-The standard library and the store's StoreError only.
+`Leases` is the standard library alone; `Claims` reads the store's status to hand a trainer
+the pending nets of the chunks it claims.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from mlds_jax.store import StoreError
+import numpy as np
+
+from mlds_jax.store import DatasetStore, StoreError
 
 LEASES = "leases"  # the folder in a store
 
@@ -192,3 +195,75 @@ class Leases:
             self._stop.set()
             self._thread.join()
             self._thread = None
+
+
+class Claims:
+    """The net ids this writer trains: pending rows of the `work` chunks, claimed one chunk
+    at a time as the trainer asks for more (so writers share what is left), each chunk's
+    lease released once its nets are written."""
+
+    def __init__(self, store: DatasetStore, leases: Leases, work: list[int], lo: int, hi: int):
+        self.store, self.leases = store, leases
+        self.rows = store.array("status").chunks[0]
+        self.lo, self.hi = lo, hi
+        todo = store.pending(hi)
+        todo = todo[todo >= lo] // self.rows
+        self.todo = [k for k in work if k in set(todo.tolist())]  # chunks with work, at start
+        self.outstanding: dict[int, int] = {}  # chunk -> nets handed out, not yet written
+        self.first: list[int] = []  # ids to hand out before claiming more (adopted chunks)
+        self.in_flight = np.empty(0, np.int64)  # a resumed checkpoint's nets
+
+    def adopt(self, in_flight: np.ndarray) -> np.ndarray:
+        """Take the chunks of a resumed checkpoint: those its writer still leased (now this
+        writer's) and those of its nets in flight. Their nets in flight count as handed out,
+        their other pending nets come first. Returns the nets in flight whose chunk another
+        writer holds now (they are not resumed)."""
+        with self.leases.locked():
+            for chunk in sorted(set((in_flight // self.rows).tolist()) - self.leases.held):
+                self.leases.claim([chunk])
+        lost = in_flight[~np.isin(in_flight // self.rows, list(self.leases.held))]
+        self.in_flight = in_flight[~np.isin(in_flight, lost)]
+        for chunk in sorted(self.leases.held):
+            ids = self._pending(chunk)
+            if chunk in self.todo:
+                self.todo.remove(chunk)
+            if not len(ids):
+                self.leases.release(chunk)
+                continue
+            self.outstanding[chunk] = len(ids)
+            self.first += [int(n) for n in ids if n not in set(in_flight.tolist())]
+
+    def _pending(self, chunk: int) -> np.ndarray:
+        start, stop = max(chunk * self.rows, self.lo), min((chunk + 1) * self.rows, self.hi)
+        return start + np.flatnonzero(self.store.read_rows_of("status", start, stop) == 0)
+
+    def _claim(self) -> np.ndarray | None:
+        with self.leases.locked():
+            others = self.leases.others()
+            for chunk in list(self.todo):
+                if chunk in others or chunk in self.outstanding:
+                    continue
+                ids = self._pending(chunk)  # read under the lock: the truth now
+                self.todo.remove(chunk)
+                if len(ids) and self.leases.claim([chunk]) is not None:
+                    self.outstanding[chunk] = len(ids)
+                    return ids
+        return None
+
+    def ids(self) -> Iterator[int]:
+        yield from self.first
+        while (got := self._claim()) is not None:
+            yield from got.tolist()
+
+    def still_held(self, net_ids) -> np.ndarray:
+        chunks = np.asarray(net_ids) // self.rows
+        held = {int(k): self.leases.holds(int(k)) for k in np.unique(chunks)}
+        return np.array([held[int(k)] for k in chunks], bool)
+
+    def finished(self, net_ids) -> None:
+        """`net_ids` left the trainer (written, or dropped with a lost lease)."""
+        for k in (np.asarray(net_ids) // self.rows).tolist():
+            self.outstanding[k] -= 1
+            if not self.outstanding[k]:
+                del self.outstanding[k]
+                self.leases.release(k)

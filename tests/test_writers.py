@@ -17,7 +17,7 @@ import pytest
 import mlds_jax
 from mlds_jax import generate as gen
 from mlds_jax.config import load_config
-from mlds_jax.leases import Leases
+from mlds_jax.leases import Claims, Leases
 from mlds_jax.verify import verify
 
 PER_TASK = 4  # smoke: 20 nets in 5 chunks of 4
@@ -88,7 +88,7 @@ def test_nets_of_a_lost_lease_are_not_written(tmp_path, monkeypatch):
     out = tmp_path / "stolen.zarr"
     cfg = load_config("smoke")
     gen.open_store(cfg, out, N)
-    real_still_held = gen._Claims.still_held
+    real_still_held = Claims.still_held
     stolen = []
 
     def steal_first(self, net_ids):
@@ -106,7 +106,7 @@ def test_nets_of_a_lost_lease_are_not_written(tmp_path, monkeypatch):
     def on_wait(n):
         raise Waited(n)
 
-    monkeypatch.setattr(gen._Claims, "still_held", steal_first)
+    monkeypatch.setattr(Claims, "still_held", steal_first)
     with pytest.raises(Waited):
         gen.generate(cfg, out, PER_TASK, on_wait=on_wait)
     chunk, lost = stolen[0]
