@@ -56,6 +56,13 @@ def analyze(path, *, paired=None, out=None, seed: int = splits.DEFAULT_SEED,
     write ``analysis.json`` and figures into ``out`` (default: ``path/analysis``). With
     ``write_store``, ship the split and normalisation statistics in the store and rewrite
     its dataset card with an analysis section. Returns the result dict."""
+    from mlds_jax.analysis._sklearn import one_thread
+
+    with one_thread():  # numpy's BLAS too: threads oversubscribed a busy 2-core machine
+        return _analyze(path, paired, out, seed, fractions, write_store, log)
+
+
+def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
     from mlds_jax.reader import open_dataset
 
     t0 = time.perf_counter()
