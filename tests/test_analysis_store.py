@@ -135,7 +135,7 @@ def test_dataset_yields_exactly_the_store_rows(tmp_path, packed):
     x = np.concatenate([b[0] for b in batches])
     assert len(x) == len(WeightRows(ds, "train"))
     np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-4)
-    canon = WeightRows(ds, "test", canonical=True, label="epochs")
+    canon = WeightRows(ds, "test", canonical=True, label="epochs", in_memory=packed)
     sym = Symmetries(ds.network, ds.layout)
     np.testing.assert_array_equal(canon.rows(np.arange(len(canon))),
                                   sym.canonicalize(ds.load_weights(canon.ids)))

@@ -26,11 +26,13 @@ class WeightRows:
     ``symmetry.Symmetries``. ``normalize``: subtract the per-position mean and divide by the
     std of the train split (of the same encoding; read from the store's shipped
     ``analysis/normalization.npz`` when it has one, else computed). ``label``: a
-    ``metadata()`` column (``task``, ``epochs``, ``val_bit_accuracy``, ...) or None."""
+    ``metadata()`` column (``task``, ``epochs``, ``val_bit_accuracy``, ...) or None.
+    ``in_memory``: read and encode the whole split once, at construction (for splits that
+    fit in memory; many epochs then cost no reads or canonicalisation)."""
 
     def __init__(self, ds, split: str = "train", *, canonical: bool = False,
                  normalize: bool = False, label: str | None = "task", initial: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, in_memory: bool = False):
         from mlds_jax.reader import Dataset, open_dataset
 
         self.ds = ds if isinstance(ds, Dataset) else open_dataset(ds)
@@ -49,9 +51,12 @@ class WeightRows:
         self.ids = ids[np.isfinite(self._read(ids)).all(axis=1)] if ids.size else ids
         self.labels = (None if label is None
                        else self.ds.metadata()[label].to_numpy()[self.ids])
+        if self.labels is not None and np.issubdtype(self.labels.dtype, np.integer):
+            self.labels = self.labels.astype(np.int64)  # class indices, as torch losses want
         self.mean = self.std = None
         if normalize:
             self.mean, self.std = self._norms(codes, seed)
+        self._cache = self.rows(np.arange(len(self.ids))) if in_memory else None
 
     def _open_memmap(self):
         try:
@@ -83,6 +88,8 @@ class WeightRows:
 
     def rows(self, index) -> np.ndarray:
         """(R, P) float32 encoded rows for positions ``index`` into ``self.ids``."""
+        if getattr(self, "_cache", None) is not None:
+            return self._cache[np.asarray(index)]
         w = self._encode(self._read(self.ids[np.asarray(index)]))
         if self.mean is not None:
             w = (w - self.mean) / self.std
