@@ -36,6 +36,13 @@ def test_classify_no_signal_is_chance(model):
     assert r["ci95"][0] < 0.2 + 0.01 and r["ci95"][1] > 0.2 - 0.01
 
 
+def test_ridge_cv_baseline_planted_and_none():
+    x, y, _ = _planted(n=300)
+    assert probes.ridge_cv_accuracy(x, y)["mean"] > 0.97
+    x, y, _ = _planted(n=600, signal=0.0, seed=7)
+    assert abs(probes.ridge_cv_accuracy(x, y)["mean"] - 0.2) < 0.06
+
+
 def test_wilson_interval():
     low, high = probes.wilson_interval(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)

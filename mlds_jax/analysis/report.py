@@ -94,6 +94,9 @@ def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
     for name in ("stats", "stats_delta"):
         ident[f"{name}/gbt"] = probes.classify(enc[name], task, split, "gbt", seed=seed)
     result["task_identification"] = ident
+    result["baseline_ridge_cv5"] = {
+        name: probes.ridge_cv_accuracy(enc[name], task, seed=seed)
+        for name in ("raw", "canonical", "aligned", "delta", "initial", "stats", "functional")}
 
     log("clustering")
     result["clustering"] = {name: clustering.clustering_scores(enc[name], task, seed=seed)
