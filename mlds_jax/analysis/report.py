@@ -155,6 +155,12 @@ def _pairs(ds1, ds2, seed, fractions, log) -> dict:
             key = f"{name}/linear/{'twin' if ref else 'alone'}"
             out["detection"][key] = pairs.trigger_detection(a, b, split, twin_reference=ref,
                                                             seed=seed)
+    # Control: DS2 nets train under another stop rule (clean and triggered sets), so their
+    # epochs and status differ; what do those alone tell a detector?
+    outcome = [np.stack([np.asarray(d.epochs[:])[ids], np.asarray(d.status[:])[ids] == 1],
+                        axis=1).astype(np.float64) for d in (ds1, ds2)]
+    out["detection"]["outcome_only/gbt/alone"] = pairs.trigger_detection(
+        *outcome, split, model="gbt", seed=seed)
     for ref in (False, True):
         out["detection"][f"stats/gbt/{'twin' if ref else 'alone'}"] = pairs.trigger_detection(
             *f["stats"], split, model="gbt", twin_reference=ref, seed=seed)
