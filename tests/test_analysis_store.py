@@ -77,6 +77,10 @@ def test_analysis_ships_splits_and_updates_the_card(analyzed):
     card = (path / "README.md").read_text()
     assert "## Weight-space analysis" in card and "raw/linear" in card
     assert (path / "analysis" / "analysis_projection.png").stat().st_size > 1000
+    from mlds_jax.verify import verify
+
+    report = verify(path)  # what analyze adds does not disturb the store
+    assert report.ok, [str(p) for p in report.problems]
 
 
 def test_no_signal_gives_chance(tmp_path):
