@@ -242,7 +242,9 @@ def pack(path, unpack):
                                                "(default: PATH/analysis, and the card is updated).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Split seed.")
-def analyze(path, paired, out, seed):
+@click.option("--nets", "selection", metavar="SELECTION",
+              help="Analyse only these nets, e.g. 0:200 (default: every finished net).")
+def analyze(path, paired, out, seed, selection):
     """Weight-space analysis of the store at PATH: fixed splits, task identification,
     clustering, training outcomes, and with --paired the twins' divergence and trigger
     detection. Needs `pip install 'mlds-jax[analysis]'`."""
@@ -252,8 +254,8 @@ def analyze(path, paired, out, seed):
         _open(path)
         if paired is not None:
             _open(paired)
-        run_analyze(path, paired=paired, out=out, seed=seed, log=click.echo)
-    except (ImportError, StoreError, ValueError) as e:
+        run_analyze(path, paired=paired, out=out, seed=seed, nets=selection, log=click.echo)
+    except (ImportError, StoreError, ValueError) as e:  # SelectionError is a ValueError
         raise _Fail(str(e)) from None
 
 

@@ -145,3 +145,11 @@ def test_dataset_yields_exactly_the_store_rows(tmp_path, packed):
                                   sym.canonicalize(ds.load_weights(canon.ids)))
     np.testing.assert_array_equal(canon.labels, np.asarray(ds.epochs[:])[canon.ids])
     assert TRAIN == 0
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    path = _store(tmp_path / "s.zarr")
+    result = CliRunner().invoke(main, ["analyze", str(path), "--nets", "900:1000"])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path / "missing.zarr")])
+    assert result.exit_code == 1 and result.output.startswith("error:")

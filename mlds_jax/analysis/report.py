@@ -51,18 +51,20 @@ def encodings(ds, ids: np.ndarray, *, probe_sequences: int = 32, probe_length: i
 
 
 def analyze(path, *, paired=None, out=None, seed: int = splits.DEFAULT_SEED,
-            fractions=splits.DEFAULT_FRACTIONS, write_store: bool = True, log=print) -> dict:
+            fractions=splits.DEFAULT_FRACTIONS, write_store: bool = True, nets: str | None = None,
+            log=print) -> dict:
     """Run every analysis on the store at ``path`` (and the DS2 twin store ``paired``);
     write ``analysis.json`` and figures into ``out`` (default: ``path/analysis``). With
     ``write_store``, ship the split and normalisation statistics in the store and rewrite
-    its dataset card with an analysis section. Returns the result dict."""
+    its dataset card with an analysis section. ``nets``: a selection (``Dataset.select``, e.g.
+    ``"0:200"``) to analyse instead of every finished net. Returns the result dict."""
     from mlds_jax.analysis._sklearn import one_thread
 
     with one_thread():  # numpy's BLAS too: threads oversubscribed a busy 2-core machine
-        return _analyze(path, paired, out, seed, fractions, write_store, log)
+        return _analyze(path, paired, out, seed, fractions, write_store, nets, log)
 
 
-def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
+def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict:
     from mlds_jax.reader import open_dataset
 
     t0 = time.perf_counter()
@@ -70,6 +72,8 @@ def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
     out = Path(out) if out is not None else Path(ds.path) / splits.SPLIT_DIR
     out.mkdir(parents=True, exist_ok=True)
     ids = _usable(ds)
+    if nets is not None:
+        ids = np.intersect1d(ids, ds.select(nets))
     meta = ds.metadata().loc[ids]
     task = meta["task"].to_numpy()
     split = splits.split_of(ids, seed, fractions)
@@ -81,7 +85,8 @@ def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "split": {"seed": int(seed), "fractions": list(map(float, fractions)),
                   "counts": {name: int((split == i).sum()) for i, name in enumerate(splits.SPLITS)},
-                  "nets": int(len(ids)), "note": "finished nets with finite weights"},
+                  "nets": int(len(ids)), "selection": nets,
+                  "note": "finished nets with finite weights"},
         "task_names": ds.task_names,
         "nets_per_task": {ds.task_names[t]: int((task == t).sum()) for t in np.unique(task)},
     }
@@ -117,7 +122,7 @@ def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
     result["outcomes"] = outcomes
 
     if paired is not None:
-        result["pairs"] = _pairs(ds, open_dataset(paired), seed, fractions, log)
+        result["pairs"] = _pairs(ds, open_dataset(paired), ids, seed, fractions, log)
 
     _projection_figure(enc, task, ds.task_names, out / PROJECTION_FIGURE, ds.attrs["dataset"])
     result["figures"] = [PROJECTION_FIGURE]
@@ -136,9 +141,9 @@ def _analyze(path, paired, out, seed, fractions, write_store, log) -> dict:
     return result
 
 
-def _pairs(ds1, ds2, seed, fractions, log) -> dict:
+def _pairs(ds1, ds2, ids1, seed, fractions, log) -> dict:
     log("pairs: DS1 nets against their DS2 twins")
-    ids = np.intersect1d(_usable(ds1), _usable(ds2))
+    ids = np.intersect1d(ids1, _usable(ds2))
     split = splits.split_of(ids, seed, fractions)
     task = ds1.tasks()[ids]
     w1, w2 = ds1.load_weights(ids), ds2.load_weights(ids)
