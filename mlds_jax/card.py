@@ -387,6 +387,7 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
             _table(["state_dict key", "shape", "offset", "size"],
                    [[f"`{s['torch_key']}`", "x".join(map(str, s["shape"])), s["offset"],
                      math.prod(s["shape"])] for s in ds.layout], "lrrr"), "",
+            *_analysis_lines(ds),
             "## Integrity", "",
             "`mlds verify PATH` re-reads every chunk, compares the crc32c checksums written "
             "with the data, and checks that status, epochs and loss curves agree.", "",
@@ -404,6 +405,16 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
             f"  howpublished = {{Zarr v3 store, licence {LICENCE}}}",
             "}", "", MLDS_BIBTEX, "```", ""]
     return "\n".join(out)
+
+
+def _analysis_lines(ds: Dataset) -> list[str]:
+    """The card's analysis section when `mlds analyze` wrote analysis/analysis.json."""
+    path = ds.path / "analysis" / "analysis.json"
+    if not path.exists():
+        return []
+    from mlds_jax.analysis.report import card_section
+
+    return card_section(json.loads(path.read_text()))
 
 
 def _bibkey(name: str) -> str:

@@ -372,5 +372,29 @@ def pack(path, unpack):
     click.echo(f"{what} {', '.join(done)} in {path}" if done else f"{path} is already {what}")
 
 
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--paired", type=click.Path(), help="The DS2 store whose net n is net n's twin.")
+@click.option("--out", type=click.Path(), help="Directory for analysis.json and figures "
+                                               "(default: PATH/analysis, and the card is updated).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Split seed.")
+@click.option("--nets", "selection", metavar="SELECTION",
+              help="Analyse only these nets, e.g. 0:200 (default: every finished net).")
+def analyze(path, paired, out, seed, selection):
+    """Weight-space analysis of the store at PATH: fixed splits, task identification,
+    clustering, training outcomes, and with --paired the twins' divergence and trigger
+    detection. Needs `pip install 'mlds-jax[analysis]'`."""
+    try:
+        from mlds_jax.analysis.report import analyze as run_analyze
+
+        _open(path)
+        if paired is not None:
+            _open(paired)
+        run_analyze(path, paired=paired, out=out, seed=seed, nets=selection, log=click.echo)
+    except (ImportError, StoreError, ValueError) as e:  # SelectionError is a ValueError
+        raise _Fail(str(e)) from None
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,249 @@
+"""``analyze``: every number of ``mlds analyze`` from one store (and its DS2 twin store),
+written as ``analysis.json`` with figures; ``card_section`` renders it for the dataset card.
+
+Which nets: finished nets (converged or capped) with finite weights; with ``paired``, the
+pair analyses use the ids finished with finite weights in both stores.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mlds_jax.analysis import clustering, features, pairs, probes, splits
+from mlds_jax.analysis.symmetry import Symmetries
+
+ANALYSIS_FILE = "analysis.json"
+PROJECTION_FIGURE = "analysis_projection.png"
+STATUS_CONVERGED, STATUS_CAPPED = 1, 2
+
+
+def _usable(ds) -> np.ndarray:
+    status = np.asarray(ds.status[:])
+    ids = np.flatnonzero((status == STATUS_CONVERGED) | (status == STATUS_CAPPED))
+    w = ds.load_weights(ids)
+    return ids[np.isfinite(w).all(axis=1)]
+
+
+def encodings(ds, ids: np.ndarray, *, probe_sequences: int = 32, probe_length: int = 32,
+              align_reference: int | None = None, log=print) -> dict[str, np.ndarray]:
+    """The weight encodings of nets ``ids`` of ``ds``: {name: (R, F)}. ``align_reference``
+    is the row (into ids) every net is matched to (default: the first)."""
+    sym = Symmetries(ds.network, ds.layout)
+    w = ds.load_weights(ids)
+    w0 = ds.load_weights(ids, initial=True)
+    log(f"  canonical form and alignment of {len(ids)} nets")
+    canon = sym.canonicalize(w)
+    ref = canon[0 if align_reference is None else align_reference]
+    aligned = sym.align(canon, ref)
+    log("  statistics and functional probes")
+    stats, _ = features.tensor_statistics(w, ds.layout)
+    stats_delta, _ = features.tensor_statistics(w - w0, ds.layout)
+    probes_in = features.probe_sequences(ds.network, probe_sequences, probe_length)
+    func = features.functional_features(ds.network, w, probes_in)
+    return {"raw": w, "canonical": canon, "aligned": aligned, "delta": w - w0, "initial": w0,
+            "stats": stats, "stats_delta": stats_delta, "functional": func}
+
+
+def analyze(path, *, paired=None, out=None, seed: int = splits.DEFAULT_SEED,
+            fractions=splits.DEFAULT_FRACTIONS, write_store: bool = True, nets: str | None = None,
+            log=print) -> dict:
+    """Run every analysis on the store at ``path`` (and the DS2 twin store ``paired``);
+    write ``analysis.json`` and figures into ``out`` (default: ``path/analysis``). With
+    ``write_store``, ship the split and normalisation statistics in the store and rewrite
+    its dataset card with an analysis section. ``nets``: a selection (``Dataset.select``, e.g.
+    ``"0:200"``) to analyse instead of every finished net. Returns the result dict."""
+    from mlds_jax.analysis._sklearn import one_thread
+
+    with one_thread():  # numpy's BLAS too: threads oversubscribed a busy 2-core machine
+        return _analyze(path, paired, out, seed, fractions, write_store, nets, log)
+
+
+def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict:
+    from mlds_jax.reader import open_dataset
+
+    t0 = time.perf_counter()
+    ds = open_dataset(path)
+    out = Path(out) if out is not None else Path(ds.path) / splits.SPLIT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    ids = _usable(ds)
+    if nets is not None:
+        ids = np.intersect1d(ids, ds.select(nets))
+    meta = ds.metadata().loc[ids]
+    task = meta["task"].to_numpy()
+    split = splits.split_of(ids, seed, fractions)
+    log(f"{ds.attrs['dataset']}: {len(ids)} finished nets with finite weights; split seed {seed}")
+    enc = encodings(ds, ids, log=log)
+    result: dict = {
+        "dataset": ds.attrs["dataset"], "store": str(ds.path),
+        "package_version": ds.attrs.get("package_version"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "split": {"seed": int(seed), "fractions": list(map(float, fractions)),
+                  "counts": {name: int((split == i).sum()) for i, name in enumerate(splits.SPLITS)},
+                  "nets": int(len(ids)), "selection": nets,
+                  "note": "finished nets with finite weights"},
+        "task_names": ds.task_names,
+        "nets_per_task": {ds.task_names[t]: int((task == t).sum()) for t in np.unique(task)},
+    }
+
+    log("task identification")
+    ident = {}
+    for name in ("raw", "canonical", "aligned", "delta", "initial", "stats", "stats_delta",
+                 "functional"):
+        ident[f"{name}/linear"] = probes.classify(enc[name], task, split, "linear", seed=seed)
+    for name in ("stats", "stats_delta"):
+        ident[f"{name}/gbt"] = probes.classify(enc[name], task, split, "gbt", seed=seed)
+    result["task_identification"] = ident
+    result["baseline_ridge_cv5"] = {
+        name: probes.ridge_cv_accuracy(enc[name], task, seed=seed)
+        for name in ("raw", "canonical", "aligned", "delta", "initial", "stats", "functional")}
+
+    log("clustering")
+    result["clustering"] = {name: clustering.clustering_scores(enc[name], task, seed=seed)
+                            for name in ("raw", "canonical", "aligned", "stats", "functional")}
+
+    log("training outcomes")
+    epochs = meta["epochs"].to_numpy().astype(np.float64)
+    converged = meta["status"].to_numpy() == STATUS_CONVERGED
+    outcomes = {}
+    acc_cols = [c for c in ds.accuracy_names if c in meta.columns][:2]
+    for model in ("linear", "gbt"):
+        if converged.sum() >= 10:
+            outcomes[f"epochs_converged/{model}"] = probes.regress(
+                enc["stats"][converged], epochs[converged], split[converged], model, seed=seed)
+        for col in acc_cols:
+            outcomes[f"{col}/{model}"] = probes.regress(
+                enc["stats"], meta[col].to_numpy(), split, model, seed=seed)
+    result["outcomes"] = outcomes
+
+    if paired is not None:
+        result["pairs"] = _pairs(ds, open_dataset(paired), ids, seed, fractions, log)
+
+    _projection_figure(enc, task, ds.task_names, out / PROJECTION_FIGURE, ds.attrs["dataset"])
+    result["figures"] = [PROJECTION_FIGURE]
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / ANALYSIS_FILE).write_text(json.dumps(_finite(result), indent=1) + "\n")
+    if write_store:
+        train = split == splits.TRAIN
+        splits.write_splits(ds.path, len(ds), seed=seed, fractions=fractions, norms={
+            "raw": splits.normalization(enc["raw"][train]),
+            "canonical": splits.normalization(enc["canonical"][train])})
+        if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
+            from mlds_jax.card import write_card
+
+            write_card(ds)
+    log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
+    return result
+
+
+def _pairs(ds1, ds2, ids1, seed, fractions, log) -> dict:
+    log("pairs: DS1 nets against their DS2 twins")
+    ids = np.intersect1d(ids1, _usable(ds2))
+    split = splits.split_of(ids, seed, fractions)
+    task = ds1.tasks()[ids]
+    w1, w2 = ds1.load_weights(ids), ds2.load_weights(ids)
+    same_init = float(np.abs(ds1.load_weights(ids, initial=True)
+                             - ds2.load_weights(ids, initial=True)).max()) if len(ids) else 0.0
+    sym = Symmetries(ds1.network, ds1.layout)
+    f = {"stats": (features.tensor_statistics(w1, ds1.layout)[0],
+                   features.tensor_statistics(w2, ds1.layout)[0]),
+         "raw": (w1, w2), "canonical": (sym.canonicalize(w1), sym.canonicalize(w2))}
+    out = {"n_pairs": int(len(ids)), "max_initial_difference": same_init,
+           "divergence": pairs.twin_divergence(w1, w2, task, ds1.layout), "detection": {}}
+    for name, (a, b) in f.items():
+        for ref in (False, True):
+            key = f"{name}/linear/{'twin' if ref else 'alone'}"
+            out["detection"][key] = pairs.trigger_detection(a, b, split, twin_reference=ref,
+                                                            seed=seed)
+    # Control: DS2 nets train under another stop rule (clean and triggered sets), so their
+    # epochs and status differ; what do those alone tell a detector?
+    outcome = [np.stack([np.asarray(d.epochs[:])[ids], np.asarray(d.status[:])[ids] == 1],
+                        axis=1).astype(np.float64) for d in (ds1, ds2)]
+    out["detection"]["outcome_only/gbt/alone"] = pairs.trigger_detection(
+        *outcome, split, model="gbt", seed=seed)
+    for ref in (False, True):
+        out["detection"][f"stats/gbt/{'twin' if ref else 'alone'}"] = pairs.trigger_detection(
+            *f["stats"], split, model="gbt", twin_reference=ref, seed=seed)
+    return out
+
+
+def _finite(x):
+    """JSON without NaN: NaN and inf become null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _projection_figure(enc, task, task_names, path: Path, title: str) -> None:
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    from mlds_jax.store import write_atomic
+
+    panels = ("raw", "canonical", "aligned", "functional")
+    fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, name in zip(axes, panels):
+        if len(task) >= 3:
+            p = clustering.pca_2d(enc[name])
+            for t in np.unique(task):
+                m = task == t
+                ax.scatter(p[m, 0], p[m, 1], s=10, alpha=0.7, linewidths=0,
+                           color=colormaps["tab10"](int(t) % 10), label=task_names[t])
+        ax.set_title(f"{name} (standardised PCA)", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7, markerscale=1.5)
+    fig.suptitle(f"{title}: {len(task)} nets, first two principal components")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())
+
+
+def _fmt(x, fmt=".3f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def card_section(result: dict) -> list[str]:
+    """Markdown lines for the dataset card from an ``analysis.json`` dict."""
+    s = result["split"]
+    lines = ["## Weight-space analysis (`mlds analyze`)", "",
+             f"{s['nets']} finished nets; fixed split (seed {s['seed']}, "
+             f"{s['counts']['train']} train / {s['counts']['validation']} validation / "
+             f"{s['counts']['test']} test, from the net id: `mlds_jax.analysis.split_of`), "
+             "shipped in `analysis/` with per-position normalisation statistics. Every number "
+             "is in `analysis/analysis.json`.", "",
+             "Task identification on the test split (accuracy, 95 % Wilson interval):", "",
+             "| encoder | accuracy | 95 % CI | chance |", "|---|---|---|---|"]
+    for k, v in result["task_identification"].items():
+        lines.append(f"| {k} | {_fmt(v['accuracy'])} | {_fmt(v['ci95'][0], '.2f')}-"
+                     f"{_fmt(v['ci95'][1], '.2f')} | {_fmt(v['chance'], '.2f')} |")
+    lines += ["", "Clustering by task (all nets):", "",
+              "| encoding | within/between distance | silhouette | k-means ARI | 1-NN accuracy |",
+              "|---|---|---|---|---|"]
+    for k, v in result["clustering"].items():
+        lines.append(f"| {k} | {_fmt(v['distance_ratio'])} | {_fmt(v['silhouette'])} | "
+                     f"{_fmt(v['kmeans_ari'])} | {_fmt(v['nn1_accuracy'])} |")
+    if "pairs" in result:
+        p = result["pairs"]
+        lines += ["", f"Twins (DS2 net n against DS1 net n, {p['n_pairs']} pairs): trigger "
+                  "detection on the test split:", "",
+                  "| detector | ROC-AUC | cross-entropy | accuracy |", "|---|---|---|---|"]
+        for k, v in p["detection"].items():
+            lines.append(f"| {k} | {_fmt(v['roc_auc'])} | {_fmt(v['cross_entropy'])} | "
+                         f"{_fmt(v['accuracy'])} |")
+        d = p["divergence"]["all"]
+        lines += ["", f"Median twin distance over the median distance between two nets of "
+                  f"the same machine: {_fmt(d['ratio_median'])} (whole vector)."]
+    lines += ["", f"![projection](analysis/{PROJECTION_FIGURE})", ""]
+    return lines
