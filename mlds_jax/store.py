@@ -97,8 +97,9 @@ NO_CHECKSUM = -1
 # Left behind only by a rawrows.pack() killed between its two renames; see _checked_arrays.
 _PACK_LEFTOVERS = {f".{n}.{s}" for n in WEIGHT_ARRAYS for s in ("new", "old")}
 # What else may sit in a store directory: `mlds card` output, the checksums group, the
-# writers' leases (mlds_jax.leases) and checkpoints (mlds_jax.checkpoint).
-EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures", "leases", "checkpoints"}
+# writers' leases (mlds_jax.leases) and checkpoints (mlds_jax.checkpoint), `mlds analyze` output.
+EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures", "leases", "checkpoints",
+                 "analysis"}
 TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
