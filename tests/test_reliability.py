@@ -96,8 +96,7 @@ def _stored(out) -> int:
         return 0
 
 
-@pytest.mark.parametrize("sig,when", [(signal.SIGINT, "compile"), (signal.SIGTERM, "2 nets"),
-                                      (signal.SIGINT, "2 nets")])
+@pytest.mark.parametrize("sig,when", [(signal.SIGINT, "compile"), (signal.SIGTERM, "2 nets")])
 def test_stop_signal_says_one_line_and_the_rerun_finishes(tmp_path, reference, sig, when):
     out = tmp_path / "stopped.zarr"
     args = ["generate", "smoke", "--out", str(out), "--per-task", str(PER_TASK), "--slots", "2",
