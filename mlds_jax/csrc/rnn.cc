@@ -167,6 +167,29 @@ inline void Affine(const float* W, const float* b, const Vec* x, int64_t K, int6
   MatVecAdd(W, K, 1, x, K, R, out);
 }
 
+// The 16 lane sums of v[0..15] as one vector, s[k] = sum of v[k]'s lanes: a butterfly of 15
+// shuffle-and-add steps, against 16 separate horizontal sums (~15 dependent adds each).
+// Level by level, each vector holds partial sums of 2, 4, 8 then 16 inputs side by side.
+typedef int32_t Idx __attribute__((vector_size(kBlock * sizeof(int32_t))));
+inline Vec PairSum(Vec x, Vec y, Idx lo, Idx hi) {
+  return __builtin_shuffle(x, y, lo) + __builtin_shuffle(x, y, hi);
+}
+inline Vec SumLanes16(const Vec* v) {
+  const Idx l1a = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Idx l1b = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const Idx l2a = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const Idx l2b = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  const Idx l3a = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  const Idx l3b = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+  const Idx l4a = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const Idx l4b = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  Vec w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i) w[i] = PairSum(v[2 * i], v[2 * i + 1], l1a, l1b);
+  for (int i = 0; i < 4; ++i) x[i] = PairSum(w[2 * i], w[2 * i + 1], l2a, l2b);
+  for (int i = 0; i < 2; ++i) y[i] = PairSum(x[2 * i], x[2 * i + 1], l3a, l3b);
+  return PairSum(y[0], y[1], l4a, l4b);
+}
+
 // out[r * C + c] += sum over t < T and lanes of A[t * Ap + r] * Bm[t * Bp + c], for r < R,
 // c < C: a weight gradient as one pass over the sequence, 4x4 accumulators in registers.
 // Rows are padded up to Ap >= RoundUp4(R) and Bp >= RoundUp4(C); products with the padding
@@ -175,15 +198,18 @@ void AccumulateOuter(const Vec* A, int64_t Ap, int64_t R, const Vec* Bm, int64_t
                      int64_t T, float* out) {
   for (int64_t r0 = 0; r0 < R; r0 += 4) {
     for (int64_t c0 = 0; c0 < C; c0 += 4) {
-      Vec a[4][4] = {};
+      Vec a[16] = {};  // a[4 i + j]: row r0 + i, column c0 + j
       for (int64_t t = 0; t < T; ++t) {
         const Vec* pa = A + t * Ap + r0;
         const Vec* pb = Bm + t * Bp + c0;
+        // Each operand loaded once into a register: 8 loads for 16 FMAs.
+        const Vec x[4] = {pa[0], pa[1], pa[2], pa[3]}, y[4] = {pb[0], pb[1], pb[2], pb[3]};
         for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) a[i][j] += pa[i] * pb[j];
+          for (int j = 0; j < 4; ++j) a[4 * i + j] += x[i] * y[j];
       }
+      const Vec sums = SumLanes16(a);
       for (int i = 0; i < 4 && r0 + i < R; ++i)
-        for (int j = 0; j < 4 && c0 + j < C; ++j) out[(r0 + i) * C + c0 + j] += SumLanes(a[i][j]);
+        for (int j = 0; j < 4 && c0 + j < C; ++j) out[(r0 + i) * C + c0 + j] += sums[4 * i + j];
     }
   }
 }
