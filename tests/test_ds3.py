@@ -75,11 +75,24 @@ def test_ds3_config_rules():
     assert "tasks" not in cfg.identity() and cfg.identity()["automata"] == {"count": 100}
 
 
+def test_ds3_trains_on_the_whole_net_kernel_on_a_cpu():
+    """`mlds generate ds3` on a CPU with a compiler: one kernel call per net and minibatch
+    (training and validation), not XLA's recurrence."""
+    from mlds_jax import models, train
+
+    cfg = load_config("ds3")
+    if not cpu_kernel.available():
+        pytest.skip(cpu_kernel.unavailable_reason())
+    assert models.choose_recurrence(cfg.network, cfg.run.recurrence) == "cpu-kernel"
+    assert train._whole_net_kernel(cfg)
+
+
 # The DS3 network on a tiny recipe with plain Adam (no decay), for the trainer against torch.
 ADAM = ['name="ds3-adam"', "automata.count=2", "recipe.train_sequences=48",
         "recipe.train_length=10", "recipe.batch_size=16", "recipe.val_sequences=16",
         "recipe.val_length=20", "recipe.check_every=3", "recipe.max_epochs=3",
-        "recipe.decay_half_life=0.0", "recipe.learning_rate=3e-3", "seed=5"]
+        "recipe.decay_half_life=0.0", "recipe.warmup_epochs=0.0", "recipe.learning_rate=3e-3",
+        "seed=5"]
 
 
 @pytest.mark.parametrize("recurrence", ["auto", "xla"])
