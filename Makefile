@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Mean epochs per DS3 net at its recipe, from the README's DS3 learnability run.
+DS3_MEAN_EPOCHS ?= 300
 
-.PHONY: setup demo test bench gpu-wheels clean
+.PHONY: setup demo test bench bench-ds3 gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --mean-epochs 325
+
+# DS3 (LSTM 4x64): the whole-net kernel and XLA's recurrence at a few population sizes, the
+# matmul ceiling, and the 10,000-net projection at the DS3 recipe's measured mean epochs
+# (README "DS3"); about 5 minutes on 2 cores.
+bench-ds3: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py --config ds3 --slots 1 8 32 --epoch-sequences 64 \
+		--repeats 2 --no-torch --mean-epochs $(DS3_MEAN_EPOCHS)
 
 # Wheels the GPU machine's image lacks (it has no package registry): see benchmarks/gpu.sh.
 gpu-wheels: $(STAMP)

@@ -16,7 +16,9 @@ pin's validation bit accuracy at the threshold), median and p90 epochs of the co
 nets, sequence-steps per converged net (all sequence-steps the arm's nets of that machine
 trained, converged or not, over the number converged: what one learned net costs), and the
 median of the criterion (the worst pin; DS2: the lower of clean and triggered).
-Prints a markdown table; --json writes the rows.
+Prints a markdown table; --json writes the rows. DS3 (automata): one row per arm, point and
+automaton size (states 16-23, 24-31, 32-39, 40-48), with the median validation symbol
+accuracy and share of sequences entirely right, and the mean epochs trained per net.
 """
 
 from __future__ import annotations
@@ -64,6 +66,61 @@ def arm_rows(label: str, store_path: Path) -> list[dict]:
                 if len(m) else float("nan"),
             ))
     return rows
+
+
+# DS3: automata grouped by their number of states (SPEC: 16 to 48).
+STATE_BINS = ((16, 23), (24, 31), (32, 39), (40, 48))
+
+
+def size_rows(label: str, store_path: Path) -> list[dict]:
+    """DS3: one row per (sweep point, automaton-size bin) of a finished arm store (only the
+    nets that finished count; the `nets` column says how many)."""
+    from mlds_jax.config import from_dict
+    from mlds_jax.reader import open_dataset
+
+    ds = open_dataset(store_path)
+    cfg = from_dict(ds.config)
+    meta = ds.metadata()
+    states = np.array([a.n_states for a in ds.automata()])[meta["task"].to_numpy()]
+    k, g = cfg.num_tasks, len(cfg.grid)
+    point = (meta.index.to_numpy() // k) % g
+    rows = []
+    for p in range(g):
+        changed = dict(cfg.sweep[p]) if cfg.sweep else {}
+        name = label + (" " + ", ".join(f"{a}={v:g}" for a, v in changed.items())
+                        if changed else "")
+        for lo, hi in STATE_BINS:
+            m = meta[(point == p) & (states >= lo) & (states <= hi) & (meta["status"] > 0)]
+            conv = m[m["status"] == 1]
+            epochs = conv["epochs"].to_numpy()
+            pct = (lambda q: float(np.percentile(epochs, q)) if len(epochs) else float("nan"))
+            rows.append(dict(
+                arm=name, states=f"{lo}-{hi}", nets=len(m), converged=len(conv),
+                automata=int(m["task"].nunique()),
+                median_epochs=pct(50), p90_epochs=pct(90),
+                max_epochs=float(epochs.max()) if len(epochs) else float("nan"),
+                symbol_accuracy=float(m["val_symbol_accuracy"].median()) if len(m) else float("nan"),
+                sequences_right=float(m["val_sequences_right"].median()) if len(m) else float("nan"),
+                mean_epochs=float(m["epochs"].mean()) if len(m) else float("nan"),
+            ))
+    return rows
+
+
+def size_markdown(rows: list[dict]) -> str:
+    def num(x, fmt):
+        return "-" if not np.isfinite(x) else format(x, fmt)
+
+    out = ["| arm | states | automata | converged | median epochs | p90 | slowest | "
+           "median val symbol acc | median sequences right | mean epochs trained |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        share = 100 * r["converged"] / r["nets"] if r["nets"] else float("nan")
+        out.append(f"| {r['arm']} | {r['states']} | {r['automata']} | {r['converged']}/{r['nets']} "
+                   f"({num(share, '.0f')}%) | {num(r['median_epochs'], '.0f')} | "
+                   f"{num(r['p90_epochs'], '.0f')} | {num(r['max_epochs'], '.0f')} | "
+                   f"{num(r['symbol_accuracy'], '.3f')} | {num(r['sequences_right'], '.3f')} | "
+                   f"{num(r['mean_epochs'], '.0f')} |")
+    return "\n".join(out)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -114,8 +171,8 @@ def main() -> None:
         report = generate(cfg, path, args.per_task)
         print(f"{label}: {report.trained} nets trained in {time.perf_counter() - t0:.0f} s "
               f"({report.already_stored} already stored) -> {path}", file=sys.stderr, flush=True)
-        rows += arm_rows(label, path)
-    print(markdown(rows))
+        rows += size_rows(label, path) if cfg.automata is not None else arm_rows(label, path)
+    print(size_markdown(rows) if "states" in (rows[0] if rows else {}) else markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -3,7 +3,8 @@
     python benchmarks/throughput.py                 # everything, about 10 minutes on 2 cores
     python benchmarks/throughput.py --slots 1 64    # only these population sizes
     python benchmarks/throughput.py --no-torch      # skip the PyTorch baselines
-    python benchmarks/throughput.py --config ds3 --slots 1 8 32   # DS3 (LSTM) shapes
+    python benchmarks/throughput.py --config ds3 --slots 1 8 32 --epoch-sequences 64 \
+        --no-torch                                  # DS3 (LSTM) shapes: `make bench-ds3`
 
 What is timed, all on the release recipe's shapes (configs/ds1.toml: network, sequence
 length, batch size; `--epoch-sequences` sequences per timed epoch):
@@ -36,6 +37,9 @@ import time
 
 # One sequence-step forward and backward (issues 3 and 4): about 3x the forward FLOPs.
 FLOPS_PER_SEQ_STEP = {"ds1": 24_100, "ds3": 808_000}
+# The whole dataset the projection is for: DS1 500 nets per machine x 5 machines x 20 (the
+# -10000 tiers of five datasets' worth, issue 3); DS3 100 nets per automaton x 100 automata.
+DATASET_NETS = {"ds1": 50_000, "ds3": 10_000}
 
 
 def peak_rss_mb() -> float:
@@ -280,8 +284,18 @@ def main() -> None:
     Console(width=140).print(table)
     print(f"matmul: {gflops:.0f} GFLOP/s fp32 -> ceiling {ceiling:,.0f} seq-steps/s "
           f"at {flops:,} FLOPs per seq-step")
-    print(f"all 50,000 {args.config.upper()} nets at the best rate: "
-          f"{50_000 * per_net / best_jax['seq_steps_per_s'] / 3600:,.1f} h")
+    nets = DATASET_NETS[args.config]
+    print(f"all {nets:,} {args.config.upper()} nets at the best rate ({best_jax['name']}, "
+          f"{epochs:.0f} epochs x {release.train_sequences} sequences x "
+          f"{release.train_length} steps per net, training epochs only): "
+          f"{nets * per_net / best_jax['seq_steps_per_s'] / 3600:,.1f} h")
+    kernel = [r for r in rows if r["name"].endswith("cpu-kernel")]
+    xla = {r["slots"]: r for r in rows if r["name"].endswith(" xla")}
+    for r in kernel:
+        if r["slots"] in xla:
+            print(f"M={r['slots']}: cpu-kernel / xla = "
+                  f"{r['seq_steps_per_s'] / xla[r['slots']]['seq_steps_per_s']:.2f}x, "
+                  f"cpu-kernel at {100 * r['seq_steps_per_s'] / ceiling:.1f}% of the ceiling")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "matmul_gflops": gflops, "mean_epochs": epochs}, f, indent=1)

@@ -1,13 +1,13 @@
-"""GRU nets as compiled CPU kernels (XLA FFI), for training on CPU.
+"""GRU and LSTM nets as compiled CPU kernels (XLA FFI), for training on CPU.
 
-On CPU, XLA runs the time loop of our tiny nets far below the machine's arithmetic rate
-(see benchmarks/throughput.py and csrc/gru.cc). The kernels keep sequences in the SIMD
+On CPU, XLA runs the time loop of our small nets far below the machine's arithmetic rate
+(see benchmarks/throughput.py and csrc/rnn.cc). The kernels keep sequences in the SIMD
 lanes; vmapped axes become leading net axes of each call.
-  `gru_layer`       one GRU layer, what `models.recurrent_layer` computes (custom_vjp:
-                    forward and backward through time, one call each);
-  `gru_net_bce`     a whole net's mean-BCE training step, value and gradient in one call
-                    (custom_vjp);
-  `gru_net_logits`  a whole net's forward pass (validation).
+  `gru_layer`   one GRU layer, what `models.recurrent_layer` computes (custom_vjp: forward
+                and backward through time, one call each);
+  `net_loss`    a whole net's training step (GRU or LSTM stack, linear head, mean BCE or
+                softmax cross-entropy), value and gradient in one call (custom_vjp);
+  `net_logits`  a whole net's forward pass (validation).
 
 The C++ source ships with the package and is compiled on first use with the system's C++
 compiler for this machine's CPU, into a per-user cache keyed by the source, the flags, the
@@ -33,12 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-SOURCE = Path(__file__).parent / "csrc" / "gru.cc"
+SOURCE = Path(__file__).parent / "csrc" / "rnn.cc"
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 TARGETS = {"mlds_gru_forward": "MldsGruForward", "mlds_gru_backward": "MldsGruBackward",
-           "mlds_gru_net_bce": "MldsGruNetBce", "mlds_gru_net_logits": "MldsGruNetLogits"}
-MAX_WIDTH = 128  # kMaxWidth in gru.cc: layer widths the kernel takes
-HEAD_ACTIVATIONS = {"tanh": 0, "relu": 1}  # the whole-net kernel's head activations
+           "mlds_rnn_net_loss": "MldsRnnNetLoss", "mlds_rnn_net_logits": "MldsRnnNetLogits"}
+MAX_WIDTH = 128  # kMaxWidth in rnn.cc: layer widths the kernel takes
+# The whole-net kernel's choices, as rnn.cc numbers them.
+HEAD_ACTIVATIONS = {"tanh": 0, "relu": 1}
+NET_CELLS = {"gru": 0, "lstm": 1}
+LOSSES = {"bce": 0, "softmax_ce": 1}  # mean over (B, T, O) bits / over (B, T) symbols
 
 
 class KernelUnavailable(RuntimeError):
@@ -77,7 +80,7 @@ def _build() -> Path:
         "\0".join([SOURCE.read_text(), " ".join(FLAGS), version, jaxlib.__version__,
                    _cpu_signature()]).encode()
     ).hexdigest()[:16]
-    lib = _cache_dir() / f"gru-{key}.so"
+    lib = _cache_dir() / f"rnn-{key}.so"
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
@@ -118,14 +121,14 @@ def unavailable_reason() -> str | None:
 
 
 def supports(cell: str, hidden_size: int, input_size: int) -> bool:
-    """Whether a layer of this shape can run on the kernel."""
+    """Whether a layer of this shape can run on the layer kernel (`gru_layer`)."""
     return cell == "gru" and max(hidden_size, input_size) <= MAX_WIDTH
 
 
 def net_supports(cell: str, input_size: int, widths: tuple[int, ...], activation: str) -> bool:
-    """Whether a whole net (GRU stack of width widths[0], linear head through widths[1:])
-    can train on `gru_net_bce`."""
-    return (cell == "gru" and max(input_size, *widths) <= MAX_WIDTH
+    """Whether a whole net (GRU or LSTM stack of width widths[0], linear head through
+    widths[1:]) can train on `net_loss`."""
+    return (cell in NET_CELLS and max(input_size, *widths) <= MAX_WIDTH
             and activation in HEAD_ACTIVATIONS)
 
 
@@ -175,50 +178,57 @@ gru_layer.defvjp(_gru_fwd, _gru_bwd)
 # --- one training step of a whole net -----------------------------------------------------
 
 
-def _mean_bce(logits, ys):
-    return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+def mean_loss(loss: str, logits, ys):
+    """The mean loss the kernel differentiates: BCE over (B, T, O) target bits, or softmax
+    cross-entropy over (B, T) target distributions (one-hot symbols)."""
+    if loss == "bce":
+        return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+    return optax.softmax_cross_entropy(logits, ys).mean()
 
 
-def _net_attrs(widths, layers, activation) -> dict:
+def _net_attrs(widths, layers, activation, cell) -> dict:
     return dict(widths=np.asarray(widths, np.int64), layers=np.int64(layers),
-                activation=np.int64(HEAD_ACTIVATIONS[activation]))
+                activation=np.int64(HEAD_ACTIVATIONS[activation]), cell=np.int64(NET_CELLS[cell]))
 
 
-def _net_call(flat, xs, ys, widths, layers, activation):
+def _net_call(flat, xs, ys, widths, layers, activation, cell, loss):
     _require()
-    call = jax.ffi.ffi_call("mlds_gru_net_bce", (_f32(ys.shape), _f32(flat.shape)),
+    call = jax.ffi.ffi_call("mlds_rnn_net_loss", (_f32(ys.shape), _f32(flat.shape)),
                             vmap_method="broadcast_all")
-    return call(flat, xs, ys, **_net_attrs(widths, layers, activation))
+    return call(flat, xs, ys, **_net_attrs(widths, layers, activation, cell),
+                loss=np.int64(LOSSES[loss]))
 
 
-def gru_net_logits(flat, xs, widths: tuple[int, ...], layers: int, activation: str):
-    """The forward pass alone of the net `gru_net_bce` trains: flat (P,), xs (B, T, I) ->
+def net_logits(flat, xs, widths: tuple[int, ...], layers: int, activation: str, cell: str):
+    """The forward pass alone of the net `net_loss` trains: flat (P,), xs (B, T, I) ->
     logits (B, T, widths[-1]). Not differentiable (validation and evaluation)."""
     _require()
-    call = jax.ffi.ffi_call("mlds_gru_net_logits", _f32(xs.shape[:-1] + (widths[-1],)),
+    call = jax.ffi.ffi_call("mlds_rnn_net_logits", _f32(xs.shape[:-1] + (widths[-1],)),
                             vmap_method="broadcast_all")
-    return call(flat, xs, **_net_attrs(widths, layers, activation))
+    return call(flat, xs, **_net_attrs(widths, layers, activation, cell))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def gru_net_bce(flat, xs, ys, widths: tuple[int, ...], layers: int, activation: str):
-    """Mean binary cross-entropy of one net on a batch: `layers` GRU layers of width
-    widths[0], then linear layers through widths[1:] with `activation` between them.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def net_loss(flat, xs, ys, widths: tuple[int, ...], layers: int, activation: str, cell: str,
+             loss: str):
+    """Mean loss of one net on a batch: `layers` recurrent layers (`cell`, "gru" or "lstm")
+    of width widths[0], then linear layers through widths[1:] with `activation` between
+    them; `loss` "bce" or "softmax_ce" (see `mean_loss`).
 
     flat: (P,) the net's parameters in models.param_layout order; xs (B, T, I); ys (B, T, O)
-    target bits. The same value as `optax.sigmoid_binary_cross_entropy(apply(...), ys)
-    .mean()`; its gradient w.r.t. flat comes from the same kernel call as the value (the
-    forward and backward of the whole net in one pass over each net's working set)."""
-    return _mean_bce(_net_call(flat, xs, ys, widths, layers, activation)[0], ys)
+    targets. The same value as `mean_loss(loss, apply(...), ys)`; its gradient w.r.t. flat
+    comes from the same kernel call as the value (the forward and backward of the whole net
+    in one pass over each net's working set)."""
+    return mean_loss(loss, _net_call(flat, xs, ys, widths, layers, activation, cell, loss)[0], ys)
 
 
-def _net_fwd(flat, xs, ys, widths, layers, activation):
-    logits, dflat = _net_call(flat, xs, ys, widths, layers, activation)
-    return _mean_bce(logits, ys), dflat
+def _net_fwd(flat, xs, ys, widths, layers, activation, cell, loss):
+    logits, dflat = _net_call(flat, xs, ys, widths, layers, activation, cell, loss)
+    return mean_loss(loss, logits, ys), dflat
 
 
-def _net_bwd(widths, layers, activation, dflat, g):
+def _net_bwd(widths, layers, activation, cell, loss, dflat, g):
     return g * dflat, None, None  # the data gets no gradient
 
 
-gru_net_bce.defvjp(_net_fwd, _net_bwd)
+net_loss.defvjp(_net_fwd, _net_bwd)

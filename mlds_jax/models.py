@@ -8,9 +8,11 @@ Inside, a batch is laid out (features, T, B) so the recurrence works on whole fe
 rows of B sequences. The net axis comes from `vmap` at the call site; nothing here knows
 about it.
 
-The GRU recurrence has two implementations with the same results: `"xla"` (a `lax.scan`,
-any backend) and `"cpu-kernel"` (`cpu_kernel.gru_layer`, a compiled CPU kernel that is
-several times faster on CPU). `choose_recurrence` picks one.
+The recurrence has two implementations with the same results: `"xla"` (a `lax.scan`, any
+backend) and `"cpu-kernel"`, compiled CPU kernels several times faster on CPU: for GRU nets
+a layer kernel (`cpu_kernel.gru_layer`), and for GRU and LSTM nets a whole-net kernel that
+the trainer calls once per net and minibatch (`kernel_loss`, `kernel_logits`).
+`choose_recurrence` picks one.
 
 Every net is stored as one flat float32 vector. `param_layout` says where each tensor
 lives in it, in the order of the equivalent PyTorch module's `state_dict`, so
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlds_jax import cpu_kernel
+from mlds_jax.cpu_kernel import mean_loss  # noqa: F401 (the losses, shared with the kernel)
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -170,12 +173,13 @@ def recurrent_layer(cell: str, p: dict, layer: int, xs, recurrence: str = "xla")
     initial state.
 
     With `recurrence="xla"` the input projection is computed for all T steps at once and
-    only `W_hh h` stays in the sequential scan; `"cpu-kernel"` (GRU only) runs the whole
-    layer in the compiled kernel.
+    only `W_hh h` stays in the sequential scan; `"cpu-kernel"` runs a GRU layer in the
+    compiled layer kernel. An LSTM has no layer kernel (its kernel takes the whole net:
+    `kernel_loss`), so its layer stays in the scan.
     """
     w_ih, w_hh = p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]
     b_ih, b_hh = p[f"bias_ih_l{layer}"], p[f"bias_hh_l{layer}"]
-    if recurrence == "cpu-kernel":
+    if recurrence == "cpu-kernel" and cell == "gru":
         return cpu_kernel.gru_layer(w_ih, w_hh, b_ih, b_hh, xs)
     xi = jnp.einsum("gi,itb->tgb", w_ih, xs) + b_ih[None, :, None]  # (T, gH, B)
     zeros = jnp.zeros((w_hh.shape[1], xs.shape[-1]), xs.dtype)
@@ -198,16 +202,20 @@ def recurrent_layer(cell: str, p: dict, layer: int, xs, recurrence: str = "xla")
 
 
 def choose_recurrence(cfg: NetworkConfig, requested: str = "auto") -> str:
-    """The recurrence implementation to train with: `"cpu-kernel"` where it applies (GRU
-    nets on a CPU backend, kernel built), else `"xla"`. Asking for `"cpu-kernel"` where it
-    cannot run raises ValueError saying why."""
+    """The recurrence implementation to train with: `"cpu-kernel"` where it applies (on a
+    CPU backend with the kernel built: GRU nets whose layers fit the layer kernel, LSTM nets
+    that fit the whole-net kernel), else `"xla"`. Asking for `"cpu-kernel"` where it cannot
+    run raises ValueError saying why."""
     if requested not in RECURRENCES:
         raise ValueError(f"recurrence must be one of {RECURRENCES}, got {requested!r}")
     if requested == "xla":
         return "xla"
     why = None
-    if not cpu_kernel.supports(cfg.cell, cfg.hidden_size, cfg.input_size):
+    if cfg.cell == "gru" and not cpu_kernel.supports(cfg.cell, cfg.hidden_size, cfg.input_size):
         why = f"the CPU kernel runs GRU layers up to width {cpu_kernel.MAX_WIDTH}"
+    elif cfg.cell == "lstm" and not kernel_loss_supported(cfg):
+        why = (f"the CPU kernel runs LSTM nets whole: widths up to {cpu_kernel.MAX_WIDTH} and "
+               f"a head activation in {sorted(cpu_kernel.HEAD_ACTIVATIONS)}")
     elif jax.default_backend() != "cpu":
         why = f"the CPU kernel runs on the CPU backend, not {jax.default_backend()}"
     elif not cpu_kernel.available():
@@ -301,22 +309,25 @@ def apply(cfg: NetworkConfig, params: dict, xs, recurrence: str = "xla"):
 
 
 def kernel_loss_supported(cfg: NetworkConfig) -> bool:
-    """Whether `kernel_bce_loss` can train this network (GRU, widths up to the kernel's,
+    """Whether `kernel_loss` can train this network (GRU or LSTM, widths up to the kernel's,
     head activation tanh or relu); it also needs `choose_recurrence` to pick the kernel."""
     return cpu_kernel.net_supports(cfg.cell, cfg.input_size, _widths(cfg), cfg.activation)
 
 
-def kernel_bce_loss(cfg: NetworkConfig, flat, xs, ys):
-    """Mean binary cross-entropy of one net (flat (P,) parameters) on a batch, xs (B, T,
-    input_size), ys (B, T, output_size) target bits, computed with its gradient by the CPU
-    kernel's whole-net training step (`cpu_kernel.gru_net_bce`)."""
-    return cpu_kernel.gru_net_bce(flat, xs, ys, _widths(cfg), cfg.num_layers, cfg.activation)
+def kernel_loss(cfg: NetworkConfig, loss: str, flat, xs, ys):
+    """Mean loss of one net (flat (P,) parameters) on a batch, xs (B, T, input_size), ys
+    (B, T, output_size): `loss` "bce" (target bits) or "softmax_ce" (one-hot target
+    symbols), computed with its gradient by the CPU kernel's whole-net training step
+    (`cpu_kernel.net_loss`)."""
+    return cpu_kernel.net_loss(flat, xs, ys, _widths(cfg), cfg.num_layers, cfg.activation,
+                               cfg.cell, loss)
 
 
 def kernel_logits(cfg: NetworkConfig, flat, xs):
     """One net (flat (P,) parameters) on a batch, xs (B, T, input_size) -> logits (B, T,
     output_size), by the whole-net kernel's forward pass; not differentiable."""
-    return cpu_kernel.gru_net_logits(flat, xs, _widths(cfg), cfg.num_layers, cfg.activation)
+    return cpu_kernel.net_logits(flat, xs, _widths(cfg), cfg.num_layers, cfg.activation,
+                                 cfg.cell)
 
 
 def _widths(cfg: NetworkConfig) -> tuple[int, ...]:

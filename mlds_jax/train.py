@@ -172,8 +172,8 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
 
 
 def _whole_net_kernel(cfg: DatasetConfig) -> bool:
-    """Whether each net's forward pass (and, for bit outputs, its training step) runs as one
-    call of the CPU kernel: where the kernel runs the recurrence and takes the whole net."""
+    """Whether each net's training step and forward pass run as one call of the CPU kernel:
+    where the kernel runs the recurrence and takes the whole net."""
     return (models.choose_recurrence(cfg.network, cfg.run.recurrence) == "cpu-kernel"
             and models.kernel_loss_supported(cfg.network))
 
@@ -191,13 +191,15 @@ def _predict(cfg: DatasetConfig, flat, xs):
     return _logits(cfg, models.unflatten_params(flat, models.param_layout(cfg.network)), xs)
 
 
+def _loss_kind(cfg: DatasetConfig) -> str:
+    """Binary cross-entropy over (B, T, O) output bits, or (DS3) softmax cross-entropy over
+    (B, T) one-hot output symbols."""
+    return "softmax_ce" if cfg.symbols else "bce"
+
+
 def _loss(cfg: DatasetConfig, params, xs, ys):
-    """Mean loss of one net on a batch of sequences: binary cross-entropy over (B, T, O)
-    output bits, or (DS3) softmax cross-entropy over (B, T) one-hot output symbols."""
-    logits = _logits(cfg, params, xs)
-    if cfg.symbols:
-        return optax.softmax_cross_entropy(logits, ys).mean()
-    return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
+    """Mean loss of one net on a batch of sequences (`_loss_kind`)."""
+    return models.mean_loss(_loss_kind(cfg), _logits(cfg, params, xs), ys)
 
 
 def _loss_and_grad(cfg: DatasetConfig, flat, xs, ys):
@@ -206,9 +208,9 @@ def _loss_and_grad(cfg: DatasetConfig, flat, xs, ys):
     Where the CPU kernel runs the recurrence and can take the whole net, both come from one
     kernel call per net (same value, same gradient); otherwise from XLA, differentiating
     the pytree and concatenating its gradient (cheaper than the gradient of the slices)."""
-    if _whole_net_kernel(cfg) and not cfg.symbols:
-        return jax.value_and_grad(functools.partial(models.kernel_bce_loss, cfg.network))(
-            flat, xs, ys)
+    if _whole_net_kernel(cfg):
+        return jax.value_and_grad(
+            functools.partial(models.kernel_loss, cfg.network, _loss_kind(cfg)))(flat, xs, ys)
     layout = models.param_layout(cfg.network)
     loss, grads = jax.value_and_grad(functools.partial(_loss, cfg))(
         models.unflatten_params(flat, layout), xs, ys)

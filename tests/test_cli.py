@@ -264,7 +264,8 @@ def test_pack_killed_between_its_two_renames_is_finished_on_resume(tmp_path, ref
 def test_impossible_recurrence_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "x.zarr"
     lines = fails(["generate", "ds3", "--out", str(out), "--per-task", "1",
-                   "--set", "run.recurrence=cpu-kernel"], "run.recurrence=cpu-kernel", "GRU")
+                   "--set", "network.activation=gelu", "--set", "run.recurrence=cpu-kernel"],
+                  "run.recurrence=cpu-kernel", "LSTM nets whole")
     assert len(lines) == 1 and not out.exists()
     fails(["generate", "smoke", "--out", str(out), "--per-task", "1",
            "--set", "run.recurrence=fast"], "run.recurrence must be one of")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mlds_jax
+from mlds_jax import cpu_kernel
 from mlds_jax import generate as gen
 from mlds_jax.config import ConfigError, load_config
 from mlds_jax.data import make_automaton_task_data
@@ -72,3 +73,68 @@ def test_ds3_config_rules():
     cfg = load_config("ds3")
     assert cfg.num_tasks == 100 and cfg.symbols
     assert "tasks" not in cfg.identity() and cfg.identity()["automata"] == {"count": 100}
+
+
+def test_ds3_trains_on_the_whole_net_kernel_on_a_cpu():
+    """`mlds generate ds3` on a CPU with a compiler: one kernel call per net and minibatch
+    (training and validation), not XLA's recurrence."""
+    from mlds_jax import models, train
+
+    cfg = load_config("ds3")
+    if not cpu_kernel.available():
+        pytest.skip(cpu_kernel.unavailable_reason())
+    assert models.choose_recurrence(cfg.network, cfg.run.recurrence) == "cpu-kernel"
+    assert train._whole_net_kernel(cfg)
+
+
+# The DS3 network on a tiny recipe with plain Adam (no decay), for the trainer against torch.
+ADAM = ['name="ds3-adam"', "automata.count=2", "recipe.train_sequences=48",
+        "recipe.train_length=10", "recipe.batch_size=16", "recipe.val_sequences=16",
+        "recipe.val_length=20", "recipe.check_every=3", "recipe.max_epochs=3",
+        "recipe.decay_half_life=0.0", "recipe.warmup_epochs=0.0", "recipe.learning_rate=3e-3",
+        "seed=5"]
+
+
+@pytest.mark.parametrize("recurrence", ["auto", "xla"])
+def test_training_equals_torch_adam_on_same_order(recurrence):
+    """Net 1 retraced with torch.nn.LSTM + Linear head, CrossEntropyLoss and
+    torch.optim.Adam on the same minibatches in the same order: the trainer's DS3 math is
+    plain Adam on mean softmax cross-entropy, both on the whole-net CPU kernel (auto, on a
+    CPU with a compiler) and on XLA's recurrence."""
+    import jax
+
+    from mlds_jax import models, train
+    from mlds_jax.generate import task_data
+
+    cfg = load_config("ds3", ADAM + [f"run.recurrence={recurrence}"])
+    if recurrence == "auto" and cpu_kernel.available():
+        assert train._whole_net_kernel(cfg)
+    data = task_data(cfg)[0]
+    n = 1
+    done = next(iter(train.Population(cfg, data, 1).run([n])))
+    r = cfg.recipe
+    net = torch_net(cfg.network, done.initial_weights[0])
+    opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
+    order_key = jax.random.fold_in(train.net_key(cfg.seed, n), train.ORDER_KEY)
+    t = n % cfg.num_tasks
+    xs, ys = torch.tensor(data.train_inputs[t]), torch.tensor(data.train_targets[t])
+    losses = []
+    for epoch in range(done.epochs[0]):
+        perm = np.array(jax.random.permutation(jax.random.fold_in(order_key, epoch),
+                                                 r.train_sequences))
+        batch_losses = []
+        for idx in perm.reshape(-1, r.batch_size):
+            opt.zero_grad()
+            logits = net(xs[idx])
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     ys[idx].argmax(-1).reshape(-1))
+            loss.backward()
+            opt.step()
+            batch_losses.append(loss.item())
+        losses.append(np.mean(batch_losses))
+    assert done.epochs[0] == r.max_epochs
+    flat = torch.cat([p.detach().flatten() for p in net.state_dict().values()]).numpy()
+    assert flat.shape == (models.num_params(cfg.network),)
+    assert np.abs(flat - done.weights[0]).max() <= 1e-4
+    assert np.abs(flat - done.initial_weights[0]).max() > 1e-3  # it did train
+    np.testing.assert_allclose(done.loss_curve[0][: len(losses)], losses, rtol=1e-4)
