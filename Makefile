@@ -23,8 +23,10 @@ demo: $(STAMP)
 	$(BIN)/mlds info out/ds1-demo.zarr
 	$(BIN)/python benchmarks/fresh_traces.py out/ds1-demo.zarr
 
+# Two test processes (whole files each, so module fixtures are built once): the suite is
+# mostly compiles and subprocesses, which overlap on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --mean-epochs 325

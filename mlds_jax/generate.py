@@ -205,6 +205,8 @@ def generate(
         if (checkpoints.due() or stop) and (slot_net != EMPTY).any():
             epochs = np.asarray(state.epoch)
             checkpoints.save(population.export_state(state), slot_net, epochs)
+        elif stop:
+            checkpoints.delete()  # nothing in flight: an older checkpoint's nets are stored
         if stop:
             stop_signals.check(now=True)
 

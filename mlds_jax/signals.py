@@ -17,8 +17,10 @@ import threading
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):
-    """A run was stopped by `signum`; `exit_code` is the shell's 128 + signum."""
+class Interrupted(BaseException):
+    """A run was stopped by `signum`; `exit_code` is the shell's 128 + signum. A
+    BaseException, like KeyboardInterrupt: code that treats any Exception as a finding
+    (verify reading a chunk) must not swallow a stop, let alone call the chunk damaged."""
 
     def __init__(self, signum: int):
         self.signum = signum
