@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mlds_jax import __version__
-from mlds_jax.leases import Leases
+from mlds_jax.leases import Leases, local_owner_alive
 
 CHECKPOINTS = "checkpoints"  # the folder in a store
 
@@ -155,14 +154,5 @@ def _safe(owner: str) -> str:
 def _gone(owner: str, live_owners: set[str]) -> bool:
     """A writer of this host is gone once its process has exited; one of another host once
     its leases have expired."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return owner not in live_owners
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    alive = local_owner_alive(owner)
+    return owner not in live_owners if alive is None else not alive

@@ -48,7 +48,27 @@ class Lease:
     expires: float  # time.time() seconds
 
     def live(self, now: float) -> bool:
-        return self.expires > now
+        """Not expired, and (for a writer of this host) its process still runs: a rerun
+        after a SIGKILL takes its own chunks back at once instead of after the expiry."""
+        if self.expires <= now:
+            return False
+        return local_owner_alive(self.owner) is not False
+
+
+def local_owner_alive(owner: str) -> bool | None:
+    """Whether the writer `owner` ("host:pid:token") still runs, if it is of this host;
+    None for another host's (only its leases' expiry tells)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Leases:
