@@ -61,3 +61,31 @@ def build_store(path, *, n_nets=30, written=None, cfg=None, seed=0):
     if ids.size:
         store.write_rows(ids, **plausible_rows(cfg, ids, seed))
     return store, cfg, ids
+
+
+# Every array a finished row fills.
+ROW_ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",
+              "val_accuracy", "hyperparameters")
+
+
+def read_all(path) -> dict:
+    """Every row array of the store at `path`, as numpy."""
+    import mlds_jax
+
+    ds = mlds_jax.open_dataset(path)
+    return {name: np.asarray(getattr(ds, name)[:]) for name in ROW_ARRAYS}
+
+
+def assert_same_as(path, reference) -> None:
+    """The store at `path` holds the nets of `reference` (a run that was never stopped):
+    status, epochs, task, initial weights exactly, weights and loss curves to 1e-5; and it
+    passes `verify` with no stray files."""
+    from mlds_jax.verify import verify
+
+    got, ref = read_all(path), read_all(reference)
+    for name in ("status", "epochs", "task", "initial_weights"):
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    assert np.abs(got["weights"] - ref["weights"]).max() <= 1e-5
+    np.testing.assert_allclose(got["loss_curve"], ref["loss_curve"], atol=1e-5)
+    report = verify(path)
+    assert report.ok and not report.strays, [str(p) for p in report.problems] + report.strays

@@ -28,12 +28,10 @@ from mlds_jax.config import load_config
 from mlds_jax.rawrows import pack
 from mlds_jax.verify import verify
 
-from .stores import build_store
+from .stores import ROW_ARRAYS, assert_same_as, build_store, read_all
 
 PER_TASK = 2  # smoke: 10 nets, chunks of 4 rows (3 chunks)
 N = 5 * PER_TASK
-ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",
-          "val_accuracy", "hyperparameters")
 CLI = [sys.executable, "-m", "mlds_jax.cli"]
 
 
@@ -52,21 +50,6 @@ def one_line_error(proc, rc=1) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     return lines[0]
-
-
-def read_all(path):
-    ds = mlds_jax.open_dataset(path)
-    return {name: np.asarray(getattr(ds, name)[:]) for name in ARRAYS}
-
-
-def assert_same_as(path, reference):
-    got, ref = read_all(path), read_all(reference)
-    for name in ("status", "epochs", "task", "initial_weights"):
-        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
-    assert np.abs(got["weights"] - ref["weights"]).max() <= 1e-5
-    np.testing.assert_allclose(got["loss_curve"], ref["loss_curve"], atol=1e-5)
-    report = verify(path)
-    assert report.ok and not report.strays, [str(p) for p in report.problems] + report.strays
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +279,7 @@ def test_killed_unpack_is_finished_by_the_first_rerun(reference, tmp_path, renam
     assert f"resuming: {N} of {N + 5} nets" in run.stdout
     assert not (out / ".weights.old").exists() and not (out / ".weights.new").exists()
     before, after = read_all(reference), read_all(out)
-    for name in ARRAYS:
+    for name in ROW_ARRAYS:
         np.testing.assert_array_equal(after[name][:N], before[name], err_msg=name)
     assert verify(out).ok and (read_all(out)["status"] > 0).all()
 

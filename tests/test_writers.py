@@ -18,27 +18,11 @@ import mlds_jax
 from mlds_jax import generate as gen
 from mlds_jax.config import load_config
 from mlds_jax.leases import Claims, Leases
-from mlds_jax.verify import verify
+
+from .stores import assert_same_as, read_all
 
 PER_TASK = 4  # smoke: 20 nets in 5 chunks of 4
 N = 5 * PER_TASK
-ARRAYS = ("weights", "initial_weights", "task", "status", "epochs", "loss_curve",
-          "val_accuracy")
-
-
-def read_all(path):
-    ds = mlds_jax.open_dataset(path)
-    return {name: np.asarray(getattr(ds, name)[:]) for name in ARRAYS}
-
-
-def assert_same_as(path, reference):
-    got, ref = read_all(path), read_all(reference)
-    for name in ("status", "epochs", "task", "initial_weights"):
-        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
-    assert np.abs(got["weights"] - ref["weights"]).max() <= 1e-5
-    np.testing.assert_allclose(got["loss_curve"], ref["loss_curve"], atol=1e-5)
-    report = verify(path)
-    assert report.ok and not report.strays, [str(p) for p in report.problems] + report.strays
 
 
 @pytest.fixture(scope="module")
