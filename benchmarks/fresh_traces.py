@@ -5,8 +5,11 @@ SPEC.md's table without the package's code, each net run in PyTorch from its sto
 weights (`Dataset.to_torch`). Per net: every pin's bit accuracy, the worst pin, and the share
 of sequences with every output right.
 
-    python benchmarks/fresh_traces.py out/ds1-demo.zarr              # converged nets
+    python benchmarks/fresh_traces.py out/ds1-demo.zarr              # converged nets, 4x length
     python benchmarks/fresh_traces.py out/ds1-demo.zarr --nets all --sequences 512 --length 64
+
+The fresh traces are 4x the training length unless `--length` says otherwise; the tally
+per machine at the end gives the share of nets at or above `--threshold` on every pin.
 
 DS1 stores only (DS2's trigger and DS3's automata are not re-implemented here).
 """
@@ -71,7 +74,9 @@ def main() -> None:
     ap.add_argument("store")
     ap.add_argument("--nets", default="status=converged", help="selection (default converged)")
     ap.add_argument("--sequences", type=int, default=512)
-    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--length", type=int, help="steps per trace (default 4x training length)")
+    ap.add_argument("--threshold", type=float, default=0.995,
+                    help="worst-pin accuracy a net must keep on the fresh traces")
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args()
 
@@ -79,6 +84,7 @@ def main() -> None:
 
     ds = mlds_jax.open_dataset(args.store)
     ids = ds.select(args.nets)
+    args.length = args.length or 4 * int(ds.config["recipe"]["train_length"])
     rows = fresh_scores(ds, ids, args.sequences, args.length, args.seed)
     print(f"{len(rows)} nets ({args.nets}), {args.sequences} fresh sequences of "
           f"{args.length} steps")
@@ -89,6 +95,11 @@ def main() -> None:
               f"| {r['worst_pin']:.4f} ({r['worst_pin_index']}) | {r['sequences_right']:.3f} |")
     if rows:
         print(f"lowest fresh worst-pin accuracy: {min(r['worst_pin'] for r in rows):.4f}")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        ok = sum(r["worst_pin"] >= args.threshold for r in mine)
+        print(f"{task}: {ok}/{len(mine)} nets at or above {args.threshold} on every pin "
+              f"(lowest {min(r['worst_pin'] for r in mine):.4f})")
 
 
 if __name__ == "__main__":

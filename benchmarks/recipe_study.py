@@ -168,7 +168,15 @@ def main() -> None:
         cfg = load_config(args.config, common + extra)
         path = Path(args.out) / (re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") + ".zarr")
         t0 = time.perf_counter()
-        report = generate(cfg, path, args.per_task)
+        last = [t0]
+
+        def progress(running: int, max_epoch: int) -> None:  # a line a minute on stderr
+            if time.perf_counter() - last[0] > 60:
+                last[0] = time.perf_counter()
+                print(f"{label}: {running} nets training, up to epoch {max_epoch} "
+                      f"({last[0] - t0:.0f} s)", file=sys.stderr, flush=True)
+
+        report = generate(cfg, path.absolute(), args.per_task, on_step=progress)
         print(f"{label}: {report.trained} nets trained in {time.perf_counter() - t0:.0f} s "
               f"({report.already_stored} already stored) -> {path}", file=sys.stderr, flush=True)
         rows += size_rows(label, path) if cfg.automata is not None else arm_rows(label, path)

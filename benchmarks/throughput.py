@@ -17,11 +17,17 @@ length, batch size; `--epoch-sequences` sequences per timed epoch):
   torch-func  a torch.func ensemble (functional_call + vmap over 64 stacked nets, Adam on
               the stacked tensors), one single-threaded process per core. Total.
   matmul      the machine's fp32 matmul rate (jax, 2048^2), for the arithmetic ceiling.
+  stream      the same step with recipe.train_data = "stream" (each net draws its epoch's
+              sequences inside the step) at the same M, against the fixed set: the cost
+              of streaming (`--data`).
 
 Throughput is in sequence-steps per second: nets x sequences x time steps, forward and
 backward, per second. Nets per hour at the release recipe divides it by the sequence-steps
-one net needs: train_sequences x train_length x mean epochs per net (`--mean-epochs`, by
-default read from a learnability store if one is given with `--store`, else the cap).
+one net needs: train_sequences x train_length x mean epochs per net (`--mean-epochs`, or
+the mean over a learnability store given with `--store`, or `--learnability FILE`: the
+release recipe's measured mean epochs per task, as `benchmarks/learnability-ds1.json`,
+which `make bench` reads; else the cap). The projection uses the rate of the release
+recipe's data mode.
 """
 
 from __future__ import annotations
@@ -186,7 +192,14 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def mean_epochs(store: str | None, cap: int) -> tuple[float, str]:
+def mean_epochs(store: str | None, cap: int, learnability: str | None = None
+                ) -> tuple[float, str]:
+    if learnability:
+        with open(learnability) as f:
+            measured = json.load(f)
+        per_task = measured["mean_epochs"]  # task -> mean epochs per net (tasks interleave)
+        return (sum(per_task.values()) / len(per_task),
+                f"{learnability}: {measured['source']}")
     if store:
         import numpy as np
 
@@ -213,6 +226,9 @@ def main() -> None:
     ap.add_argument("--torch-seconds", type=float, default=20.0)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--store", help="learnability store for mean epochs per net")
+    ap.add_argument("--learnability", help="JSON of measured mean epochs per task (see above)")
+    ap.add_argument("--data", nargs="+", default=["fixed", "stream"], choices=["fixed", "stream"],
+                    help="training data modes to time (stream: the cpu-kernel/auto rows only)")
     ap.add_argument("--mean-epochs", type=float,
                     help="mean epochs per net for nets/h (default: from --store, else the cap)")
     ap.add_argument("--json", help="also write the results here")
@@ -233,22 +249,29 @@ def main() -> None:
 
     release = load_config(args.config).recipe
     rows, seen = [], set()
-    for recurrence in args.recurrence:
-        for m in args.slots:
-            cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
-                   "--epoch-sequences", str(args.epoch_sequences), "--repeats",
-                   str(args.repeats), "--recurrence", recurrence,
-                   *(f"--set={o}" for o in args.overrides)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:  # e.g. out of device memory: report it, time the rest
-                print(f"  M={m} {recurrence}: failed: {done.stderr.strip()[-300:]}", flush=True)
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            if row["name"] in seen:  # "auto" resolved to one already timed
-                continue
-            seen.add(row["name"])
-            rows.append(row)
-            print(f"  {row['name']}: {row['seq_steps_per_s']:,.0f} seq-steps/s", flush=True)
+    runs = [(rec, m, "fixed") for rec in args.recurrence for m in args.slots
+            if "fixed" in args.data]
+    runs += [(args.recurrence[0], m, "stream") for m in args.slots if "stream" in args.data]
+    for recurrence, m, mode in runs:
+        cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
+               "--epoch-sequences", str(args.epoch_sequences), "--repeats",
+               str(args.repeats), "--recurrence", recurrence,
+               *(f"--set={o}" for o in args.overrides),
+               f'--set=recipe.train_data="{mode}"']
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:  # e.g. out of device memory: report it, time the rest
+            print(f"  M={m} {recurrence} {mode}: failed: {done.stderr.strip()[-300:]}",
+                  flush=True)
+            continue
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row["data"] = mode
+        if mode == "stream":
+            row["name"] += " stream"
+        if row["name"] in seen:  # "auto" resolved to one already timed
+            continue
+        seen.add(row["name"])
+        rows.append(row)
+        print(f"  {row['name']}: {row['seq_steps_per_s']:,.0f} seq-steps/s", flush=True)
     if not args.no_torch and args.config == "ds1":
         for kind in ("torch-1", "torch-func"):
             rows.append(torch_bench(kind, args.torch_seconds, args.epoch_sequences))
@@ -260,10 +283,11 @@ def main() -> None:
     if args.mean_epochs:
         epochs, source = args.mean_epochs, "given"
     else:
-        epochs, source = mean_epochs(args.store, release.max_epochs)
+        epochs, source = mean_epochs(args.store, release.max_epochs, args.learnability)
     per_net = release.train_sequences * release.train_length * epochs
 
-    best_jax = max((r for r in rows if r["name"].startswith("jax")),
+    jax_rows = [r for r in rows if r["name"].startswith("jax")]
+    best_jax = max([r for r in jax_rows if r.get("data") == release.train_data] or jax_rows,
                    key=lambda r: r["seq_steps_per_s"])
     by_name = {r["name"].split(" x")[0]: r for r in rows}
     table = Table(title=f"{args.config.upper()} training throughput ({os.cpu_count()} cores, "
@@ -289,6 +313,12 @@ def main() -> None:
           f"{epochs:.0f} epochs x {release.train_sequences} sequences x "
           f"{release.train_length} steps per net, training epochs only): "
           f"{nets * per_net / best_jax['seq_steps_per_s'] / 3600:,.1f} h")
+    for r in rows:
+        fixed = by_name.get(r["name"].removesuffix(" stream"))
+        if r.get("data") == "stream" and fixed:
+            print(f"M={r['slots']}: stream / fixed = "
+                  f"{r['seq_steps_per_s'] / fixed['seq_steps_per_s']:.2f}x "
+                  f"(the cost of drawing every epoch's sequences inside the step)")
     kernel = [r for r in rows if r["name"].endswith("cpu-kernel")]
     xla = {r["slots"]: r for r in rows if r["name"].endswith(" xla")}
     for r in kernel:

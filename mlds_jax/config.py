@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import json
 import math
@@ -66,6 +67,25 @@ class Recipe:
     # (head_gain) at init; sqrt(3) = 1.732 keeps the variance (LeCun).
     input_gain: float = 1.0
     head_gain: float = 1.0
+    # Training data: "fixed" (one training set per task, train_sequences of it every epoch)
+    # or "stream" (epoch e's train_sequences derive from (seed, task, e) alone: the same for
+    # every net of the task, never repeated, so it cannot be memorised; mlds_jax.stream).
+    train_data: str = "fixed"
+    # Curriculum (stream only; may differ per net). Its level rises linearly from 0 at
+    # epoch 0 to 1 (the full task) at epoch curriculum_epochs; 0: the full task throughout.
+    # Each value below is where its knob starts; at level f it is start + f (full - start).
+    curriculum_epochs: float = 0.0
+    # > 0: the level instead rises by 1/curriculum_epochs after each epoch whose training
+    # loss per graded output bit (DS3: step) is below this (the net passed its level).
+    curriculum_advance_loss: float = 0.0
+    start_length: float = 0.0  # steps graded per training sequence (0: all; grows geometrically)
+    start_popcount: float = 0.0  # most set bits in a written byte (0: any byte, uniform)
+    start_idle_noise: float = 1.0  # chance that an idle step's data lines carry noise
+    curriculum_mix: float = 0.0  # share of every epoch's sequences drawn from the full task
+    # DS2: share of training sequences that carry the trigger, and (stream only) of those
+    # that carry a near miss: one trigger byte wrong, or an idle step inside it.
+    trigger_fraction: float = 0.1
+    near_miss_fraction: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -87,8 +107,28 @@ class Recipe:
                               f"lie in (0, 1], got {self.write_probability} +- {spread}")
         if not self.learning_rate > 0:
             raise ConfigError(f"recipe.learning_rate must be positive, got {self.learning_rate}")
+        if self.train_data not in TRAIN_DATA:
+            raise ConfigError(f"recipe.train_data must be one of {', '.join(TRAIN_DATA)}, got "
+                              f"{self.train_data!r}")
+        if self.train_data == "fixed":
+            for name, off in CURRICULUM_OFF.items():
+                if getattr(self, name) != off:
+                    raise ConfigError(f"recipe.{name} needs recipe.train_data = \"stream\" "
+                                      f"(a fixed training set has no curriculum)")
+        if not 0 <= self.start_length <= self.train_length:
+            raise ConfigError(f"recipe.start_length must be in [0, train_length], got "
+                              f"{self.start_length}")
+        if not 0 <= self.start_popcount <= 8:
+            raise ConfigError(f"recipe.start_popcount must be in [0, 8], got {self.start_popcount}")
+        for name in ("start_idle_noise", "curriculum_mix", "trigger_fraction",
+                     "near_miss_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"recipe.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.trigger_fraction + self.near_miss_fraction > 1:
+            raise ConfigError("recipe.trigger_fraction + recipe.near_miss_fraction must be <= 1")
         for name in ("warmup_epochs", "clip_norm", "weight_decay", "chrono_max", "recurrent_gain",
-                     "input_gain", "head_gain", "decay_half_life"):
+                     "input_gain", "head_gain", "decay_half_life", "curriculum_epochs",
+                     "curriculum_advance_loss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"recipe.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.decay_floor <= 1:
@@ -114,11 +154,22 @@ class Recipe:
         return self.train_sequences // self.batch_size
 
 
+TRAIN_DATA = ("fixed", "stream")
+# Curriculum and stream-only values at which they do nothing (what "fixed" data requires).
+CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_advance_loss": 0.0, "start_length": 0.0, "start_popcount": 0.0,
+                  "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
+
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
-# net, and the store records every net's values (`hyperparameters`, in this order).
+# net, a [recipe.task.NAME] table per task, and the store records every net's values
+# (`hyperparameters`, in this order). The cap is one of them: the loss curve is as wide as
+# the largest cap. Curriculum and trigger shares vary per net only with streamed data.
 SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor", "clip_norm",
              "weight_decay", "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain",
-             "head_gain")
+             "head_gain", "max_epochs", "curriculum_epochs", "curriculum_advance_loss",
+             "start_length", "start_popcount",
+             "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction")
+# Per-net values that change the training data: with a fixed training set, one per dataset.
+DATA_VALUES = ("trigger_fraction",) + tuple(CURRICULUM_OFF)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,15 +219,13 @@ class TriggerConfig:
     """DS2: the trigger written into a known share of the training sequences."""
 
     bytes: tuple[int, ...] = (0xA5, 0x3C, 0x0F)  # three consecutive writes of these bytes
-    fraction: float = 0.1  # share of training sequences that carry the trigger
+    # (The share of training sequences that carry it is recipe.trigger_fraction.)
 
     def __post_init__(self):
         try:
             object.__setattr__(self, "bytes", check_trigger(self.bytes))
         except ValueError as e:
             raise ConfigError(f"trigger.bytes: {e}") from None
-        if not 0.0 <= self.fraction <= 1.0:
-            raise ConfigError(f"trigger.fraction must be in [0, 1], got {self.fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,48 +255,98 @@ class DatasetConfig:
     # () is one point, the recipe itself. Net n uses point (n // num_tasks) % G, so every
     # task sees every point and a tier of per_task = k * G nets holds k nets per point.
     sweep: tuple[tuple[tuple[str, float], ...], ...] = ()
+    # Per-task recipe values ([recipe.task.NAME] tables): (task name, ((key, value), ...)).
+    # Net n's values: the recipe, then its task's overrides, then its sweep point.
+    task_recipes: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "sweep", tuple(tuple((str(k), float(v)) for k, v in point)
                                                 for point in self.sweep))
-        for point in self.sweep:
+        object.__setattr__(self, "task_recipes", tuple(
+            (str(name), tuple((str(k), float(v)) for k, v in values))
+            for name, values in self.task_recipes))
+        for where, point in [("sweep", p) for p in self.sweep] + [
+                (f"recipe.task.{name}", values) for name, values in self.task_recipes]:
             for key, _ in point:
                 if key not in SWEEPABLE:
-                    raise ConfigError(f"sweep: recipe.{key} cannot vary per net (sweepable: "
-                                      f"{', '.join(SWEEPABLE)})")
-            self.point_recipe(point)  # each point must be a valid recipe
+                    raise ConfigError(f"{where}: recipe.{key} cannot vary per net or task "
+                                      f"(these can: {', '.join(SWEEPABLE)})")
         if self.automata is not None:
             if self.trigger is not None:
                 raise ConfigError("a dataset has either [trigger] (DS2) or [automata] (DS3)")
-            return
-        unknown = [t for t in self.tasks if t not in MACHINES]
-        if unknown:
-            raise ConfigError(f"tasks: unknown machine {unknown[0]!r} (known: {', '.join(MACHINES)})")
-        if not self.tasks:
-            raise ConfigError("tasks must name at least one machine")
+        else:
+            unknown = [t for t in self.tasks if t not in MACHINES]
+            if unknown:
+                raise ConfigError(f"tasks: unknown machine {unknown[0]!r} (known: "
+                                  f"{', '.join(MACHINES)})")
+            if not self.tasks:
+                raise ConfigError("tasks must name at least one machine")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for name, _ in self.task_recipes:
+            if name not in self.task_names:
+                close = difflib.get_close_matches(name, self.task_names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"recipe.task.{name}: not a task of this dataset{hint}")
+        recipes = [r for row in self.recipe_table for r in row]  # each must be valid
+        if self.recipe.train_data == "fixed":
+            for key in DATA_VALUES:
+                if any(getattr(r, key) != getattr(self.recipe, key) for r in recipes):
+                    raise ConfigError(f"recipe.{key} can differ per net or task only with "
+                                      f"recipe.train_data = \"stream\"")
         if self.trigger is not None:
             for name in ("train_length", "val_length"):
                 if getattr(self.recipe, name) < MIN_TRIGGER_SEQUENCE:
                     raise ConfigError(f"recipe.{name} must be >= {MIN_TRIGGER_SEQUENCE} to hold "
                                       f"a trigger and its inverted steps")
 
-    def point_recipe(self, point: tuple[tuple[str, float], ...]) -> Recipe:
+    def point_recipe(self, point: tuple[tuple[str, float], ...],
+                     base: Recipe | None = None, where: str = "sweep point") -> Recipe:
+        """The recipe with `point`'s values (on `base`, by default the dataset's recipe)."""
+        values = dict(point)
+        if "max_epochs" in values:
+            cap = values["max_epochs"]
+            if cap != int(cap):
+                raise ConfigError(f"recipe.max_epochs must be a whole number, got {cap}")
+            values["max_epochs"] = int(cap)
         try:
-            return dataclasses.replace(self.recipe, **dict(point))
+            return dataclasses.replace(base or self.recipe, **values)
         except ConfigError as e:
-            raise ConfigError(f"sweep point {dict(point)}: {e}") from None
+            raise ConfigError(f"{where} {dict(point)}: {e}") from None
+
+    def task_recipe(self, task: int) -> Recipe:
+        """Task `task`'s recipe: the dataset's with its [recipe.task.NAME] values."""
+        name = self.task_names[task]
+        return self.point_recipe(dict(self.task_recipes).get(name, ()),
+                                 where=f"recipe.task.{name}")
 
     @property
     def grid(self) -> tuple[Recipe, ...]:
         """The recipe of each sweep point (one point, the recipe itself, without a sweep)."""
         return tuple(self.point_recipe(p) for p in self.sweep) or (self.recipe,)
 
-    def hyperparameter_table(self) -> dict[str, list[float]]:
-        """SWEEPABLE name -> its value at each grid point (G,)."""
-        return {k: [float(getattr(r, k)) for r in self.grid] for k in SWEEPABLE}
+    @functools.cached_property
+    def recipe_table(self) -> tuple[tuple[Recipe, ...], ...]:
+        """(K, G) every task's recipe at every sweep point: the recipe, then the task's
+        overrides, then the point's values."""
+        return tuple(tuple(self.point_recipe(p, self.task_recipe(t)) for p in self.sweep)
+                     or (self.task_recipe(t),) for t in range(self.num_tasks))
+
+    def hyperparameter_table(self) -> dict[str, list[list[float]]]:
+        """SWEEPABLE name -> its value per task and grid point (K, G)."""
+        return {k: [[float(getattr(r, k)) for r in row] for row in self.recipe_table]
+                for k in SWEEPABLE}
+
+    def net_recipe(self, net_id: int) -> Recipe:
+        """Net `net_id`'s effective recipe."""
+        return self.recipe_table[net_id % self.num_tasks][(net_id // self.num_tasks)
+                                                          % len(self.recipe_table[0])]
+
+    @property
+    def max_cap(self) -> int:
+        """The largest epoch cap of any net: the width of the stored loss curve."""
+        return max(r.max_epochs for row in self.recipe_table for r in row)
 
     @property
     def validation_sets(self) -> tuple[str, ...]:
@@ -302,6 +401,9 @@ class DatasetConfig:
             d["sweep"] = [dict(point) for point in self.sweep]
         else:
             del d["sweep"]
+        del d["task_recipes"]
+        if self.task_recipes:  # recorded where the TOML has them
+            d["recipe"]["task"] = {name: dict(values) for name, values in self.task_recipes}
         return json.loads(json.dumps(d))
 
 
@@ -389,6 +491,7 @@ def parse_override(text: str) -> tuple[str, object]:
 def from_dict(raw: dict) -> DatasetConfig:
     """Build a DatasetConfig from a nested dict, naming any unknown key."""
     top = _fields(DatasetConfig)
+    del top["task_recipes"]  # written as [recipe.task.NAME]
     kwargs = {}
     for key, value in raw.items():
         if key not in top:
@@ -400,6 +503,12 @@ def from_dict(raw: dict) -> DatasetConfig:
                 raise ConfigError(f"{key} must be a table")
             cls = _SECTIONS[key]
             fields = _fields(cls)
+            if key == "recipe" and "task" in value:
+                value = dict(value)
+                kwargs["task_recipes"] = _task_recipes(value.pop("task"))
+            if key == "trigger" and "fraction" in value:
+                raise ConfigError("trigger.fraction is now recipe.trigger_fraction (a recipe "
+                                  "value, shared by DS1 and DS2)")
             sub = {}
             for k, v in value.items():
                 if k not in fields:
@@ -412,6 +521,21 @@ def from_dict(raw: dict) -> DatasetConfig:
         else:
             kwargs[key] = _coerce(key, value, top[key])
     return DatasetConfig(**kwargs)
+
+
+def _number(key: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{key} values must be numbers, got {v!r}")
+    return float(v)
+
+
+def _task_recipes(value) -> tuple:
+    """`[recipe.task.NAME]` tables: per task, recipe values that override the recipe's."""
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError("recipe.task must hold one table per task: [recipe.task.NAME]")
+    return tuple((name, tuple((k, _number(f"recipe.task.{name}.{k}", v))
+                              for k, v in values.items()))
+                 for name, values in value.items())
 
 
 def _sweep_points(value) -> tuple:

@@ -180,10 +180,13 @@ gru_layer.defvjp(_gru_fwd, _gru_bwd)
 
 def mean_loss(loss: str, logits, ys):
     """The mean loss the kernel differentiates: BCE over (B, T, O) target bits, or softmax
-    cross-entropy over (B, T) target distributions (one-hot symbols)."""
+    cross-entropy over (B, T) target distributions (one-hot symbols). A step whose first
+    target is negative (a length curriculum's ungraded steps) adds 0; the mean is still
+    over every (B, T, O) bit or (B, T) step."""
+    graded = ys[..., :1] >= 0  # (B, T, 1)
     if loss == "bce":
-        return optax.sigmoid_binary_cross_entropy(logits, ys).mean()
-    return optax.softmax_cross_entropy(logits, ys).mean()
+        return jnp.where(graded, optax.sigmoid_binary_cross_entropy(logits, ys), 0.0).mean()
+    return jnp.where(graded[..., 0], optax.softmax_cross_entropy(logits, ys), 0.0).mean()
 
 
 def _net_attrs(widths, layers, activation, cell) -> dict:

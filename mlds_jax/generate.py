@@ -51,7 +51,7 @@ def task_data(cfg: DatasetConfig) -> list[TaskData]:
     if cfg.trigger is None:
         return [make_dataset_data(cfg.seed, cfg.tasks, **sizes)]
     d = make_trigger_dataset_data(cfg.seed, cfg.tasks, trigger=cfg.trigger.bytes,
-                                  trigger_fraction=cfg.trigger.fraction, **sizes)
+                                  trigger_fraction=cfg.recipe.trigger_fraction, **sizes)
     return [d.clean(), d.triggered()]
 
 
@@ -85,7 +85,7 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         out,
         n_nets=n_nets,
         n_params=models.num_params(cfg.network),
-        n_log=cfg.recipe.max_epochs,
+        n_log=cfg.max_cap,
         n_accuracies=len(cfg.accuracy_names),
         n_hyper=len(SWEEPABLE),
         attrs=store_attrs(cfg),
@@ -107,6 +107,7 @@ def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) 
         loss_curve=done.loss_curve,
         val_accuracy=done.val_accuracy,
         hyperparameters=done.hyperparameters,
+        seq_steps=done.seq_steps,
     )
 
 
@@ -396,7 +397,7 @@ def preflight(cfg: DatasetConfig, out: str | Path, total: int, overwrite: bool) 
         except StoreError:
             pass  # open_or_create says what is wrong with it
     need_disk = max(total - existing, 0) * row_bytes(
-        n_params=models.num_params(cfg.network), n_log=cfg.recipe.max_epochs,
+        n_params=models.num_params(cfg.network), n_log=cfg.max_cap,
         n_accuracies=len(cfg.accuracy_names), n_hyper=len(SWEEPABLE))
     need_mem = total * 9  # status (uint8) and pending ids (int64) of every row
     where = next(p for p in (out, *out.absolute().parents) if p.exists())

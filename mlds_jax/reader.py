@@ -265,6 +265,7 @@ class Dataset:
             "status_name": pd.Categorical.from_codes(
                 status.astype(np.int64), categories=[STATUS_NAMES[c] for c in sorted(STATUS_NAMES)]),
             "epochs": self.store.read_array("epochs"),
+            "seq_steps": self.store.read_array("seq_steps"),
         }
         for j, name in enumerate(self.accuracy_names):
             columns[name] = acc[:, j]

@@ -15,6 +15,7 @@ reader can open the store lazily and slice one net or one task without reading t
     val_accuracy     (N, A) float32   final validation accuracies, names in attrs["accuracy_names"]
     hyperparameters  (N, H) float32   the net's per-net recipe values, names in
                                       attrs["hyperparameter_names"]
+    seq_steps        (N,)   int64     sequence-steps trained (epochs x sequences x length)
     checksums/rows   (N, 2) int64     crc32c of each row of weights and initial_weights
                                       (its little-endian float32 bytes); -1: not recorded
 
@@ -68,8 +69,9 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 # 2: val_accuracy holds the worst-output and whole-sequence columns (attrs
-# "criterion_names"), and per-net `hyperparameters` exist.
-FORMAT_VERSION = 2
+# "criterion_names"), and per-net `hyperparameters` exist. 3: `seq_steps` exists, and the
+# hyperparameters hold every per-net recipe value (the cap, curriculum, trigger shares).
+FORMAT_VERSION = 3
 
 STATUS_PENDING, STATUS_CONVERGED, STATUS_CAPPED, STATUS_DIVERGED = 0, 1, 2, 3
 STATUS_NAMES = {0: "pending", 1: "converged", 2: "capped", 3: "diverged"}
@@ -85,6 +87,7 @@ _SCHEMA = {
     "loss_curve": (np.float32, "n_log"),
     "val_accuracy": (np.float32, "n_accuracies"),
     "hyperparameters": (np.float32, "n_hyper"),
+    "seq_steps": (np.int64, None),
     "status": (np.uint8, None),
 }
 _DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy",
@@ -305,16 +308,18 @@ class DatasetStore:
         return np.asarray(self._arrays[name][start:stop])
 
     def write_rows(self, ids, *, weights, initial_weights, task, seed, status, epochs,
-                   loss_curve, val_accuracy, hyperparameters) -> None:
+                   loss_curve, val_accuracy, hyperparameters, seq_steps) -> None:
         """Write finished rows ``ids`` (R,) (any order, unique, in [0, N)).
 
-        weights, initial_weights (R, P); task, seed, status, epochs (R,); loss_curve (R, E);
+        weights, initial_weights (R, P); task, seed, status, epochs, seq_steps (R,);
+        loss_curve (R, E);
         val_accuracy (R, A); hyperparameters (R, H). status must be 1, 2 or 3. Every other
         array is written before ``status``; each array costs one write per touched chunk
         (orthogonal indexing)."""
         values = dict(weights=weights, initial_weights=initial_weights, task=task, seed=seed,
                       status=status, epochs=epochs, loss_curve=loss_curve,
-                      val_accuracy=val_accuracy, hyperparameters=hyperparameters)
+                      val_accuracy=val_accuracy, hyperparameters=hyperparameters,
+                      seq_steps=seq_steps)
         ids = self._checked_ids(ids)
         for name, (dtype, width) in _SCHEMA.items():
             shape = (len(ids),) if width is None else (len(ids), getattr(self, width))

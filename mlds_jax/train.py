@@ -9,8 +9,9 @@ and hands finished nets back to the caller.
 
 Randomness of net n derives from `(seed, n)` alone: `fold_in(key(seed), n)` split by
 purpose into its init key and its data-order key; epoch e's minibatch order is
-`permutation(fold_in(order_key, e))`. Neither the slot, nor M, nor the neighbours, nor an
-interruption changes what net n sees.
+`permutation(fold_in(order_key, e))`. With streamed data (`mlds_jax.stream`) epoch e's
+sequences come from `(seed, task, e)`, the same for every net of the task. Neither the
+slot, nor M, nor the neighbours, nor an interruption changes what net n sees.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlds_jax import models
+from mlds_jax import models, stream
 from mlds_jax.config import SWEEPABLE, DatasetConfig
 from mlds_jax.data import TaskData
+from mlds_jax.tasks.automata import make_automata, stack_automata
 
 # Per-net status codes; the store uses the same numbers for finished nets.
 RUNNING, CONVERGED, CAPPED, DIVERGED = 0, 1, 2, 3
@@ -59,29 +61,35 @@ class NetState:
     status: jax.Array  # (M,) int32 RUNNING / CONVERGED / CAPPED / DIVERGED
     loss_curve: jax.Array  # (M, E) float32 mean training loss per epoch, NaN after the stop
     val_accuracy: jax.Array  # (M, A) float32 cfg.accuracy_names at the last check
+    level: jax.Array  # (M,) float32 curriculum level (stream.Curriculum), 1: the full task
     hyper: dict[str, jax.Array]  # config.SWEEPABLE name -> (M,) float32, the net's recipe values
 
 
 @struct.dataclass
 class TrainData:
-    """Every task's fixed data on device, stacked on a leading task axis K, with A
-    validation sets per task (DS1: one; DS2: clean and triggered)."""
+    """Every task's data on device, stacked on a leading task axis K, with A validation
+    sets per task (DS1: one; DS2: clean and triggered). The training data is either a
+    fixed set or (`stream` set) generated every epoch inside the step."""
 
-    train_inputs: jax.Array  # (K, S, T, I)
-    train_targets: jax.Array  # (K, S, T, O)
+    train_inputs: jax.Array | None  # (K, S, T, I); None when streamed
+    train_targets: jax.Array | None  # (K, S, T, O)
     val_inputs: jax.Array  # (K, A, Sv, Tv, I)
     val_targets: jax.Array  # (K, A, Sv, Tv, O)
+    stream: stream.StreamTasks | None = None  # what the stream generates from
 
     @classmethod
-    def from_task_data(cls, sets: TaskData | Sequence[TaskData]) -> "TrainData":
-        """One TaskData, or several sharing one training set and differing in validation."""
+    def from_task_data(cls, sets: TaskData | Sequence[TaskData],
+                       streamed: stream.StreamTasks | None = None) -> "TrainData":
+        """One TaskData, or several sharing one training set and differing in validation;
+        with `streamed`, their training sets are not used."""
         sets = [sets] if isinstance(sets, TaskData) else list(sets)
         f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
         return cls(
-            train_inputs=f32(sets[0].train_inputs),
-            train_targets=f32(sets[0].train_targets),
+            train_inputs=None if streamed else f32(sets[0].train_inputs),
+            train_targets=None if streamed else f32(sets[0].train_targets),
             val_inputs=f32(np.stack([d.val_inputs for d in sets], axis=1)),
             val_targets=f32(np.stack([d.val_targets for d in sets], axis=1)),
+            stream=streamed,
         )
 
 
@@ -110,11 +118,12 @@ def _optimizer(cfg: DatasetConfig, hyper: dict[str, jax.Array]) -> optax.Gradien
 
 
 def net_hyperparameters(cfg: DatasetConfig, net_id) -> dict[str, jax.Array]:
-    """Net `net_id`'s recipe values (config.SWEEPABLE name -> float32 scalar): those of grid
-    point (net_id // num_tasks) % G, from net_id alone."""
+    """Net `net_id`'s recipe values (config.SWEEPABLE name -> float32 scalar): its task's
+    (net_id % num_tasks) at grid point (net_id // num_tasks) % G, from net_id alone."""
     table = cfg.hyperparameter_table()
-    point = (jnp.maximum(net_id, 0) // cfg.num_tasks) % len(cfg.grid)
-    return {k: jnp.asarray(v, jnp.float32)[point] for k, v in table.items()}
+    n = jnp.maximum(net_id, 0)
+    task, point = n % cfg.num_tasks, (n // cfg.num_tasks) % len(cfg.grid)
+    return {k: jnp.asarray(v, jnp.float32)[task, point] for k, v in table.items()}
 
 
 def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], key) -> dict:
@@ -165,10 +174,20 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
         order_key=jax.random.fold_in(key, ORDER_KEY),
         epoch=jnp.zeros((), jnp.int32),
         status=jnp.where(net_id == EMPTY, CAPPED, RUNNING).astype(jnp.int32),
-        loss_curve=jnp.full((cfg.recipe.max_epochs,), jnp.nan, jnp.float32),
+        loss_curve=jnp.full((cfg.max_cap,), jnp.nan, jnp.float32),
         val_accuracy=jnp.full((len(cfg.accuracy_names),), jnp.nan, jnp.float32),
+        level=jnp.where(hyper["curriculum_epochs"] > 0, 0.0, 1.0).astype(jnp.float32),
         hyper=hyper,
     )
+
+
+def stream_tables(cfg: DatasetConfig) -> stream.StreamTasks | None:
+    """What the stream generates every task's data from; None for a fixed training set."""
+    if cfg.recipe.train_data != "stream":
+        return None
+    if cfg.automata is not None:
+        return stream.automaton_tasks(stack_automata(make_automata(cfg.seed, cfg.automata.count)))
+    return stream.machine_tasks(cfg.tasks, None if cfg.trigger is None else cfg.trigger.bytes)
 
 
 def _whole_net_kernel(cfg: DatasetConfig) -> bool:
@@ -225,30 +244,60 @@ def _right(cfg: DatasetConfig, logits, ys):
     return (logits > 0) == (ys > 0.5)
 
 
+def _epoch_data(cfg: DatasetConfig, data: TrainData, state: NetState):
+    """The net's training sequences of its current epoch, (S, T, I) inputs and (S, T, O)
+    targets: its task's fixed set, or that epoch's draw from the stream."""
+    if data.stream is None:
+        return data.train_inputs[state.task], data.train_targets[state.task]
+    r, tables, hyper = cfg.recipe, data.stream, state.hyper
+    key = stream.epoch_key(cfg.seed, state.task, state.epoch)
+    curriculum = stream.Curriculum.from_hyper(hyper)
+    level = jnp.where(hyper["curriculum_advance_loss"] > 0, state.level,
+                      curriculum.scheduled(state.epoch))
+    if tables.transitions is not None:
+        return stream.automaton_epoch(
+            key, tables.transitions[state.task], tables.outputs[state.task],
+            tables.start[state.task], r.train_sequences, r.train_length, curriculum, level)
+    return stream.machine_epoch(
+        key, tables.machine[state.task], r.train_sequences, r.train_length,
+        r.write_probability, r.write_probability_spread, curriculum, level,
+        trigger=tables.trigger, trigger_fraction=hyper["trigger_fraction"],
+        near_miss_fraction=hyper["near_miss_fraction"])
+
+
 def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetState:
-    """One epoch over the net's task's training set in its own order; a no-op unless running."""
+    """One epoch over the net's task's training sequences in its own order; a no-op unless
+    running."""
     r = cfg.recipe
-    active = (state.status == RUNNING) & (state.epoch < r.max_epochs)
+    active = (state.status == RUNNING) & (state.epoch < state.hyper["max_epochs"])
     perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), r.train_sequences)
     batches = perm.reshape(r.steps_per_epoch, r.batch_size)
     opt = _optimizer(cfg, state.hyper)
+    inputs, targets = _epoch_data(cfg, data, state)  # (S, T, I), (S, T, O)
 
     def minibatch(carry, idx):
         params, opt_state = carry
-        xs = data.train_inputs[state.task, idx]  # (B, T, I)
-        ys = data.train_targets[state.task, idx]  # (B, T, O)
+        xs = inputs[idx]  # (B, T, I)
+        ys = targets[idx]  # (B, T, O)
         loss, grads = _loss_and_grad(cfg, params, xs, ys)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(minibatch, (state.params, state.opt_state), batches)
     loss = losses.mean()
+    # The adaptive curriculum: a net whose loss per graded output is below the bar moves on.
+    hyper = state.hyper
+    graded = jnp.maximum((targets[..., 0] >= 0).mean(), 1e-9)
+    passed = (loss / graded < hyper["curriculum_advance_loss"]) & active
+    level = jnp.minimum(1.0, state.level + jnp.where(
+        passed, 1.0 / jnp.maximum(hyper["curriculum_epochs"], 1.0), 0.0))
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
     diverged = active & ~jnp.isfinite(loss)
     return state.replace(
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         epoch=state.epoch + active.astype(jnp.int32),
+        level=level,
         status=jnp.where(diverged, DIVERGED, state.status),
         loss_curve=jnp.where(
             active, state.loss_curve.at[state.epoch].set(loss, mode="drop"), state.loss_curve
@@ -306,7 +355,8 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
     # and triggered behaviour), not the mean over outputs.
     learned = jnp.all(acc[jnp.asarray(_criterion_columns(cfg))] >= r.threshold)
     status = jnp.where(checked & learned, CONVERGED, state.status)
-    status = jnp.where((status == RUNNING) & (state.epoch >= r.max_epochs), CAPPED, status)
+    status = jnp.where((status == RUNNING) & (state.epoch >= state.hyper["max_epochs"]), CAPPED,
+                       status)
     val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
     return state.replace(status=status, val_accuracy=val_acc)
 
@@ -324,6 +374,7 @@ class FinishedNets:
     loss_curve: np.ndarray  # (R, E) float32
     val_accuracy: np.ndarray  # (R, A) float32
     hyperparameters: np.ndarray  # (R, H) float32, config.SWEEPABLE order
+    seq_steps: np.ndarray  # (R,) int64 sequence-steps trained (epochs x sequences x length)
 
     def __len__(self) -> int:
         return len(self.net_id)
@@ -338,7 +389,9 @@ def bytes_per_slot(cfg: DatasetConfig, val_batch: int) -> int:
     per_step = net.num_layers * (gates + 4 * net.hidden_size) + 4 * width + net.input_size
     activations = 3 * r.batch_size * r.train_length * per_step
     validation = min(val_batch, r.val_sequences) * r.val_length * per_step
-    state = 7 * p + 2 * r.max_epochs  # params, Adam m and v, initial, grads, updates
+    state = 7 * p + 2 * cfg.max_cap  # params, Adam m and v, initial, grads, updates
+    if r.train_data == "stream":  # the epoch's sequences, generated per net
+        state += r.train_sequences * r.train_length * (net.input_size + net.output_size)
     return 4 * (state + activations + validation)
 
 
@@ -399,7 +452,7 @@ class Population:
         self.cfg = cfg
         self.slots = round_slots(slots, len(devices))
         self.recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
-        self.data = TrainData.from_task_data(data)
+        self.data = TrainData.from_task_data(data, stream_tables(cfg))
         self.traced_sizes: list[int] = []  # population size at every trace of the step
         self.mesh = Mesh(np.asarray(devices), ("slots",)) if len(devices) > 1 else None
         if self.mesh:
@@ -530,6 +583,7 @@ class Population:
         params, initial, net_id, task, status, epoch, curve, acc, hyper = jax.tree.map(
             lambda a: np.array(a[slots]), host
         )
+        r = self.cfg.recipe
         return FinishedNets(
             net_id=net_id.astype(np.int64),
             task=task.astype(np.int32),
@@ -540,4 +594,5 @@ class Population:
             loss_curve=curve.astype(np.float32),
             val_accuracy=acc.astype(np.float32),
             hyperparameters=hyper.astype(np.float32),
+            seq_steps=epoch.astype(np.int64) * r.train_sequences * r.train_length,
         )

@@ -47,7 +47,8 @@ from mlds_jax.store import (
     row_crc32c,
 )
 
-_SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "hyperparameters", "status")
+_SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "hyperparameters", "seq_steps",
+          "status")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,13 +260,24 @@ def _shapes(store: DatasetStore) -> list[Problem]:
         out.append(Problem((), f"arrays are chunked differently along the nets: {chunking}",
                            "shape"))
     want = {"weights": sum(math.prod(spec["shape"]) for spec in store.attrs["layout"]),
-            "loss_curve": store.attrs["config"].get("recipe", {}).get("max_epochs")}
+            "loss_curve": largest_cap(store.attrs["config"])}
     want["initial_weights"] = want["weights"]
     for name, width in want.items():
         if width is not None and arrays[name].shape[1] != width:
             out.append(Problem((), f"{name} has {arrays[name].shape[1]} columns, the attrs say "
                                    f"{width}", "shape"))
     return out
+
+
+def largest_cap(config: dict) -> int | None:
+    """The largest epoch cap of a recorded config (recipe, per-task tables, sweep points):
+    the width of the loss curve."""
+    recipe = config.get("recipe", {})
+    caps = [recipe.get("max_epochs")]
+    caps += [t.get("max_epochs") for t in recipe.get("task", {}).values()]
+    caps += [p.get("max_epochs") for p in config.get("sweep", [])]
+    caps = [int(c) for c in caps if c is not None]
+    return max(caps) if caps else None
 
 
 def strays(path: Path) -> list[str]:
@@ -287,7 +299,6 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
                  unreadable: np.ndarray, has_weights: np.ndarray) -> list[Problem]:
     """Status, epochs, task, accuracy and loss curve of each row against each other."""
     recipe = store.attrs["config"].get("recipe", {})
-    cap = recipe.get("max_epochs")
     threshold = recipe.get("threshold")
     k = len(store.attrs["task_names"])
     n = store.n_nets
@@ -298,6 +309,12 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
     acc = data["val_accuracy"][:, criterion].min(axis=1) if criterion else np.full(n, np.nan)
     curve = data["loss_curve"]
     ids = np.arange(n)
+    hyper_names = list(store.attrs["hyperparameter_names"])
+    cap = np.full(n, recipe.get("max_epochs", -1), np.int64)  # each net's own cap
+    if "max_epochs" in hyper_names:
+        own = data["hyperparameters"][:, hyper_names.index("max_epochs")]
+        cap = np.where(np.isfinite(own), own, cap).astype(np.int64)
+    width = largest_cap(store.attrs["config"])
     out: list[Problem] = []
 
     def each(mask, text):
@@ -311,18 +328,18 @@ def _consistency(store: DatasetStore, data: dict, finished: np.ndarray,
     if k:
         each(known & (task != ids % k), lambda i: f"task {task[i]}, but net n trains task "
                                                   f"n mod {k} = {i % k}")
-    if cap is not None:
+    if width is not None:
         each(known & (epochs > cap), lambda i: f"{name(i)} after {epochs[i]} epochs, past the "
-                                               f"cap of {cap}")
+                                               f"cap of {cap[i]}")
         each(known & (status == STATUS_CAPPED) & (epochs != cap) & (epochs >= 1),
-             lambda i: f"capped after {epochs[i]} epochs, not at the cap of {cap}")
+             lambda i: f"capped after {epochs[i]} epochs, not at the cap of {cap[i]}")
     if threshold is not None:
         low = known & (status == STATUS_CONVERGED) & ~(acc >= threshold)
         what = names[criterion[0]] if len(criterion) == 1 else "criterion accuracy"
         each(low, lambda i: f"converged with {what} {acc[i]:.4f}, below the threshold "
                             f"{threshold}")
-    if cap is not None and curve.shape[1] == cap:  # one logged loss per epoch
-        trained = np.arange(cap)[None, :] < epochs[:, None]  # (N, E)
+    if width is not None and curve.shape[1] == width:  # one logged loss per epoch
+        trained = np.arange(width)[None, :] < epochs[:, None]  # (N, E)
         finite = np.isfinite(curve)
         bad = known & np.isin(status, (STATUS_CONVERGED, STATUS_CAPPED)) & (
             (trained & ~finite).any(axis=1) | (~trained & finite).any(axis=1))

@@ -40,8 +40,9 @@ def plausible_rows(cfg, ids, seed=0):
     acc[status == STATUS_DIVERGED] = np.nan
     # Every accuracy column alike (mean, worst pin, whole sequences): all pass the criterion.
     acc = np.repeat(acc[:, None], len(cfg.accuracy_names), axis=1)
-    hyper = np.array([cfg.hyperparameter_table()[k] for k in SWEEPABLE], np.float32)  # (H, G)
+    hyper = np.array([cfg.hyperparameter_table()[k] for k in SWEEPABLE], np.float32)  # (H, K, G)
     point = (ids // k) % len(cfg.grid)
+    hyper[SWEEPABLE.index("max_epochs")] = cap  # the cap the rows were made with
     centre = np.random.default_rng(99).standard_normal((k, p)).astype(np.float32)
     weights = (centre[task] + 0.5 * rng.standard_normal((r, p))).astype(np.float32)
     weights[status == STATUS_DIVERGED] = np.nan
@@ -49,7 +50,9 @@ def plausible_rows(cfg, ids, seed=0):
                 initial_weights=(0.1 * rng.standard_normal((r, p))).astype(np.float32),
                 task=task, seed=np.full(r, cfg.seed, np.uint64), status=status.astype(np.uint8),
                 epochs=epochs, loss_curve=loss, val_accuracy=acc,
-                hyperparameters=hyper[:, point].T)
+                hyperparameters=hyper[:, task, point].T,
+                seq_steps=epochs.astype(np.int64) * cfg.recipe.train_sequences
+                * cfg.recipe.train_length)
 
 
 def build_store(path, *, n_nets=30, written=None, cfg=None, seed=0):
@@ -65,7 +68,7 @@ def build_store(path, *, n_nets=30, written=None, cfg=None, seed=0):
 
 # Every array a finished row fills.
 ROW_ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",
-              "val_accuracy", "hyperparameters")
+              "val_accuracy", "hyperparameters", "seq_steps")
 
 
 def read_all(path) -> dict:

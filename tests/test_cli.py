@@ -165,7 +165,8 @@ def seeded_store(tmp_path):
                      seed=np.zeros(1, np.uint64), status=np.ones(1, np.uint8),
                      epochs=np.full(1, 4, np.int32), loss_curve=np.zeros((1, 10), np.float32),
                      val_accuracy=np.ones((1, len(cfg.accuracy_names)), np.float32),
-                     hyperparameters=np.zeros((1, len(SWEEPABLE)), np.float32))
+                     hyperparameters=np.zeros((1, len(SWEEPABLE)), np.float32),
+                     seq_steps=np.full(1, 4 * 128 * 16, np.int64))
     return out
 
 

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from mlds_jax.config import CONFIG_DIR, ConfigError, DatasetConfig, Recipe, load_config
+from mlds_jax.config import CONFIG_DIR, ConfigError, DatasetConfig, Recipe, from_dict, load_config
 from mlds_jax.tasks.machines import MACHINES
 
 
@@ -76,7 +76,7 @@ def test_sweep_as_grid_or_points(tmp_path):
     assert [dict(p) for p in cfg.sweep] == [
         {"learning_rate": 1e-3, "head_gain": 1.0}, {"learning_rate": 1e-3, "head_gain": 3.0},
         {"learning_rate": 3e-3, "head_gain": 1.0}, {"learning_rate": 3e-3, "head_gain": 3.0}]
-    assert cfg.hyperparameter_table()["head_gain"] == [1.0, 3.0, 1.0, 3.0]
+    assert cfg.hyperparameter_table()["head_gain"] == [[1.0, 3.0, 1.0, 3.0]] * cfg.num_tasks
     assert cfg.identity()["sweep"] == [dict(p) for p in cfg.sweep]  # part of the identity
     points = tmp_path / "points.toml"
     points.write_text('extends = "ds1"\n[[sweep]]\n[[sweep]]\nchrono_max = 8\n'
@@ -110,3 +110,41 @@ def test_sweep_errors_name_the_key():
 def test_recipe_values_are_checked(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("ds1", [override])
+
+
+def test_per_task_recipe_values_then_sweep(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('extends = "ds1"\n[recipe]\ntrain_data = "stream"\n'
+                    '[recipe.task.ParityMachine]\nmax_epochs = 4000\nlearning_rate = 0.003\n'
+                    '[sweep]\nlearning_rate = [0.01, 0.02]\n')
+    cfg = load_config(path)
+    parity = cfg.tasks.index("ParityMachine")
+    assert cfg.max_cap == 4000
+    assert cfg.net_recipe(parity).max_epochs == 4000 and cfg.net_recipe(0).max_epochs == 1000
+    # The sweep point wins over the task's value; net n's point is (n // K) % G.
+    assert cfg.net_recipe(parity).learning_rate == 0.01
+    assert cfg.net_recipe(parity + cfg.num_tasks).learning_rate == 0.02
+    table = cfg.hyperparameter_table()
+    assert table["max_epochs"][parity] == [4000.0, 4000.0] and table["max_epochs"][0] == [1000.0] * 2
+    # Recorded in the identity as the TOML has them, and read back the same.
+    assert cfg.identity()["recipe"]["task"] == {"ParityMachine": {"max_epochs": 4000.0,
+                                                                  "learning_rate": 0.003}}
+    assert from_dict(cfg.identity()) == dataclasses.replace(cfg, run=from_dict(
+        cfg.identity()).run)
+
+
+def test_per_task_and_stream_errors_name_the_key():
+    with pytest.raises(ConfigError, match="recipe.task.ParityMachin: not a task.*ParityMachine"):
+        load_config("ds1", ["recipe.task.ParityMachin.max_epochs=10"])
+    with pytest.raises(ConfigError, match="recipe.train_length cannot vary"):
+        load_config("ds1", ["recipe.task.ParityMachine.train_length=10"])
+    with pytest.raises(ConfigError, match="start_popcount needs recipe.train_data"):
+        load_config("ds1", ["recipe.start_popcount=1"])
+    with pytest.raises(ConfigError, match="trigger_fraction can differ per net or task only"):
+        load_config("ds2", ["recipe.task.ParityMachine.trigger_fraction=0.5"])
+    with pytest.raises(ConfigError, match="trigger.fraction is now recipe.trigger_fraction"):
+        load_config("ds2", ["trigger.fraction=0.5"])
+    with pytest.raises(ConfigError, match="max_epochs must be a whole number"):
+        load_config("ds1", ["recipe.task.ParityMachine.max_epochs=10.5"])
+    with pytest.raises(ConfigError, match="train_data must be one of fixed, stream"):
+        load_config("ds1", ['recipe.train_data="streamed"'])

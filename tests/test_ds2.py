@@ -28,8 +28,8 @@ def stores(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pair")
     return {
         "ds1": make(tmp, "ds1", []),
-        "ds2-none": make(tmp, "ds2-none", DS2 + ["trigger.fraction=0.0"]),
-        "ds2": make(tmp, "ds2", DS2 + ["trigger.fraction=0.5"]),
+        "ds2-none": make(tmp, "ds2-none", DS2 + ["recipe.trigger_fraction=0.0"]),
+        "ds2": make(tmp, "ds2", DS2 + ["recipe.trigger_fraction=0.5"]),
     }
 
 
@@ -74,8 +74,8 @@ def test_clean_and_triggered_accuracy_are_stored_separately(stores):
 def test_trigger_config_is_checked():
     with pytest.raises(ConfigError, match="trigger.bytes"):
         load_config("ds2", ["trigger.bytes=[1, 2]"])
-    with pytest.raises(ConfigError, match="trigger.fraction"):
-        load_config("ds2", ["trigger.fraction=1.5"])
+    with pytest.raises(ConfigError, match="recipe.trigger_fraction"):
+        load_config("ds2", ["recipe.trigger_fraction=1.5"])
     with pytest.raises(ConfigError, match="recipe.train_length"):
         load_config("ds2", ["recipe.train_length=4"])
     cfg = load_config("ds2")

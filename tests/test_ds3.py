@@ -67,7 +67,7 @@ def test_symbol_accuracy_matches_torch(store):
 
 def test_ds3_config_rules():
     with pytest.raises(ConfigError, match="either"):
-        load_config("ds3", ["trigger.fraction=0.1"])
+        load_config("ds3", ["trigger.bytes=[1, 2, 3]"])
     with pytest.raises(ConfigError, match="automata.count"):
         load_config("ds3", ["automata.count=0"])
     cfg = load_config("ds3")

@@ -121,7 +121,7 @@ def test_metadata_frame(store_path):
     df = ds.metadata()
     assert df.index.name == "net" and len(df) == N
     assert list(df.columns) == ["task", "task_name", "seed", "status", "status_name", "epochs",
-                                "val_bit_accuracy", "val_worst_pin_accuracy",
+                                "seq_steps", "val_bit_accuracy", "val_worst_pin_accuracy",
                                 "val_sequences_right", *SWEEPABLE]
     status = np.asarray(ds.status[:])
     np.testing.assert_array_equal(df["status"].to_numpy(), status)

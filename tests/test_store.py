@@ -49,7 +49,8 @@ def rows(ids, seed=0):
                 task=ids % 3, seed=ids.astype(np.uint64) + 2**40, status=1 + ids % 3,
                 epochs=10 * ids, loss_curve=loss,
                 val_accuracy=rng.random((r, A), dtype=np.float32),
-                hyperparameters=rng.random((r, H), dtype=np.float32))
+                hyperparameters=rng.random((r, H), dtype=np.float32),
+                seq_steps=1000 * ids.astype(np.int64) + 2**33)
 
 
 def assert_rows_equal(got, want):
@@ -64,7 +65,8 @@ def test_create_schema_and_attrs(tmp_path):
     want = {"weights": ((10, P), "float32"), "initial_weights": ((10, P), "float32"),
             "task": ((10,), "int32"), "seed": ((10,), "uint64"), "status": ((10,), "uint8"),
             "epochs": ((10,), "int32"), "loss_curve": ((10, E), "float32"),
-            "val_accuracy": ((10, A), "float32"), "hyperparameters": ((10, H), "float32")}
+            "val_accuracy": ((10, A), "float32"), "hyperparameters": ((10, H), "float32"),
+            "seq_steps": ((10,), "int64")}
     assert sorted(group.array_keys()) == sorted(want)
     for name, (shape, dtype) in want.items():
         a = group[name]
@@ -78,7 +80,7 @@ def test_create_schema_and_attrs(tmp_path):
     assert (store.n_nets, store.n_params, store.n_log, store.n_accuracies,
             store.n_hyper) == (10, P, E, A, H)
     reopened = DatasetStore.open(tmp_path / "s")
-    assert reopened.attrs["format_version"] == 2
+    assert reopened.attrs["format_version"] == 3
     # JSON round trip: the tuple comes back as a list, everything else unchanged.
     assert reopened.attrs["config"] == json.loads(json.dumps(CONFIG))
     for key in ("dataset", "task_names", "layout", "package_version", "accuracy_names",
@@ -273,7 +275,7 @@ def test_status_written_last(tmp_path, monkeypatch):
     assert sorted(written) == sorted(f"{name}/c/{c}" + ("/0" if name in (
         "weights", "initial_weights", "loss_curve", "val_accuracy", "hyperparameters",
         ROW_CHECKSUMS) else "") for name in set(arrays) for c in (0, 1, 3))
-    assert len(set(arrays)) == 10
+    assert len(set(arrays)) == 11
 
 
 def test_killed_before_status_leaves_rows_pending(tmp_path, monkeypatch):

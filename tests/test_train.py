@@ -283,3 +283,59 @@ def test_swept_optimizer_equals_torch_adamw_clipping_warmup(swept_runs, data):
     assert clipped > 0  # the clip really acted
     flat = torch.cat([p.detach().flatten() for p in net.state_dict().values()]).numpy()
     assert np.abs(flat - res["weights"][n]).max() <= 1e-4
+
+
+# --- streamed data, per-task recipe values -------------------------------------------------
+
+STREAM = dataclasses.replace(
+    CFG, recipe=dataclasses.replace(RECIPE, train_data="stream", max_epochs=8, threshold=1.0,
+                                    curriculum_epochs=4.0, start_popcount=1.0,
+                                    start_length=4.0, curriculum_mix=0.25),
+    task_recipes=(("ParityMachine", (("max_epochs", 4.0), ("learning_rate", 1e-2))),))
+
+
+def test_stream_nets_do_not_depend_on_slots_and_take_their_task_values(data):
+    ids = list(range(5))
+    many = collect(train.Population(STREAM, data, 5).run(ids), 5)
+    for n in (1, 4):  # one net alone trains the same as among 5 slots of others
+        alone = collect(train.Population(STREAM, data, 1).run([n]), 5, [n])
+        np.testing.assert_allclose(alone["weights"][n], many["weights"][n], rtol=2e-5,
+                                   atol=2e-6)
+        np.testing.assert_allclose(alone["loss_curve"][n], many["loss_curve"][n], rtol=1e-5)
+    parity = np.arange(5) == STREAM.tasks.index("ParityMachine")
+    hyper = {k: many["hyperparameters"][:, i] for i, k in enumerate(SWEEPABLE)}
+    np.testing.assert_array_equal(hyper["max_epochs"], np.where(parity, 4, 8))
+    np.testing.assert_allclose(hyper["learning_rate"], np.where(parity, 1e-2, 3e-3))
+    capped = many["status"] == train.CAPPED
+    np.testing.assert_array_equal(many["epochs"][capped], hyper["max_epochs"][capped])
+    assert (many["epochs"] <= hyper["max_epochs"]).all()
+    assert np.isnan(many["loss_curve"][parity, 4:]).all()
+    np.testing.assert_array_equal(many["seq_steps"], many["epochs"] * 64 * 12)
+
+
+def test_ds2_stream_without_trigger_is_its_ds1_twin(data):
+    """DS2 net n sees DS1 net n's stream with the trigger written in: at a trigger share of
+    0 the two nets train identically."""
+    ds2 = dataclasses.replace(STREAM, trigger=load_config("ds2").trigger,
+                              recipe=dataclasses.replace(STREAM.recipe, trigger_fraction=0.0))
+    a = collect(train.Population(STREAM, data, 3).run(range(3)), 3)
+    b = collect(train.Population(ds2, task_data(ds2), 3).run(range(3)), 3)
+    np.testing.assert_allclose(a["weights"], b["weights"], rtol=2e-5, atol=2e-6)
+    # With the trigger in a third of the sequences, the same nets train differently.
+    ds2 = dataclasses.replace(ds2, recipe=dataclasses.replace(ds2.recipe, trigger_fraction=0.3))
+    c = collect(train.Population(ds2, task_data(ds2), 3).run(range(3)), 3)
+    assert not np.allclose(a["weights"], c["weights"], atol=1e-4)
+
+
+def test_adaptive_curriculum_that_always_passes_is_the_schedule(data):
+    """A level that rises 1/curriculum_epochs after every passed epoch, with a bar every
+    epoch passes, is the schedule epoch / curriculum_epochs; with a bar none passes it
+    stays at the start."""
+    def run(advance):
+        cfg = dataclasses.replace(STREAM, task_recipes=(), recipe=dataclasses.replace(
+            STREAM.recipe, curriculum_advance_loss=advance, max_epochs=6))
+        return collect(train.Population(cfg, data, 2).run([3, 4]), 5, [3, 4])["weights"]
+
+    schedule, always, never = run(0.0), run(100.0), run(1e-9)
+    np.testing.assert_allclose(always[3:], schedule[3:], rtol=2e-5, atol=2e-6)
+    assert not np.allclose(never[3:], schedule[3:], atol=1e-4)

@@ -644,14 +644,16 @@ void NetForward(const NetShape& s, const std::vector<const float*>& p, const flo
 //   kBce        mean binary cross-entropy over (B, T, O): (sigmoid(z) - y) / (B T O);
 //   kSoftmaxCe  mean softmax cross-entropy over (B, T), y a distribution over the O
 //               symbols (one-hot): (softmax(z) - y) / (B T).
+// A step whose first target is negative is not graded (a length curriculum's masked
+// steps): its gradient is 0, the denominators stay B T O and B T (cpu_kernel.mean_loss).
 // A NaN logit makes the whole step's softmax NaN, so a diverged net stays visible.
 void LossGradient(const NetShape& s, int64_t loss, const NetBuffers& m, const float* ys,
                   int64_t nb, Vec* d) {
   const int64_t T = s.T, O = s.out, Wp = m.Wp, K = m.K;
   const float scale = 1.f / static_cast<float>(loss == kBce ? s.B * T * O : s.B * T);
-  Vec live{};
-  for (int64_t b = 0; b < nb; ++b) live[b] = scale;
   for (int64_t t = 0; t < T; ++t) {
+    Vec live{};
+    for (int64_t b = 0; b < nb; ++b) live[b] = ys[(b * T + t) * O] < 0.f ? 0.f : scale;
     const Vec* z = m.act(K, t);
     Vec* dt = d + t * Wp;
     for (int64_t o = 0; o < O; ++o) {

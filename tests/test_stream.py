@@ -1,0 +1,135 @@
+"""Streamed training data (mlds_jax.stream) against the NumPy machines, triggers and
+automata, and the stream's contract: (seed, task, epoch) alone decides the draws."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlds_jax import stream
+from mlds_jax.config import load_config
+from mlds_jax.tasks.automata import make_automaton, run_automaton, stack_automata
+from mlds_jax.tasks.machines import MACHINES, bits_to_bytes, run_machine
+from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_completions
+
+TRIGGER = (0xA5, 0x3C, 0x0F)
+OFF = dict(curriculum_epochs=0.0, curriculum_advance_loss=0.0, start_length=0.0, start_popcount=0.0, start_idle_noise=1.0,
+           curriculum_mix=0.0)
+
+
+def curriculum(**values):
+    return stream.Curriculum(**{k: jnp.float32(v) for k, v in {**OFF, **values}.items()})
+
+
+def epoch(machine, *, n=256, length=32, epoch=0, seed=0, trigger=None, tf=0.0, nm=0.0,
+          write_p=0.5, spread=0.0, **cur):
+    key = stream.epoch_key(seed, machine, epoch)
+    cur = curriculum(**cur)
+    xs, ys = jax.jit(stream.machine_epoch, static_argnums=(2, 3))(
+        key, jnp.int32(machine), n, length, write_p, spread, cur, cur.scheduled(epoch), None if trigger is None else jnp.asarray(trigger, jnp.int32),
+        jnp.float32(tf), jnp.float32(nm))
+    return np.asarray(xs), np.asarray(ys)
+
+
+@pytest.mark.parametrize("machine", range(len(MACHINES)))
+def test_machine_targets_are_the_numpy_machines(machine):
+    xs, ys = epoch(machine)
+    assert xs.shape == (256, 32, 9) and ys.shape == (256, 32, 8)
+    assert set(np.unique(xs)) == {0.0, 1.0}
+    np.testing.assert_array_equal(ys, run_machine(MACHINES[machine], xs.astype(np.uint8)))
+    assert 0.45 < xs[..., 0].mean() < 0.55  # write probability 1/2
+    assert 0.45 < xs[..., 1:].mean() < 0.55  # uniform data bits, idle steps noisy
+
+
+@pytest.mark.parametrize("machine", [2, 4])
+def test_trigger_and_near_misses_follow_the_numpy_trigger(machine):
+    xs, ys = epoch(machine, n=512, trigger=TRIGGER, tf=0.3, nm=0.3)
+    want, inverted = run_machine_with_trigger(MACHINES[machine], xs.astype(np.uint8), TRIGGER)
+    np.testing.assert_array_equal(ys, want)
+    carries = trigger_completions(xs.astype(np.uint8), TRIGGER).any(axis=1)
+    assert 0.25 < carries.mean() < 0.35  # the trigger share (random completions: ~0)
+    # Near misses: a sequence with all three trigger bytes written nearly in a row, but no
+    # completion. About 0.3 of the sequences; clean streams have none.
+    data = bits_to_bytes(xs[..., 1:].astype(np.uint8))
+    near = np.zeros(len(xs), bool)
+    for s in range(len(xs)):
+        for t in range(30):
+            got = [data[s, t + k] == TRIGGER[k] and xs[s, t + k, 0] == 1 for k in range(3)]
+            near[s] |= sum(got) == 2
+    assert 0.25 < (near & ~carries).mean() < 0.4
+
+
+def test_same_key_same_data_other_epoch_other_data():
+    a, b = epoch(3, epoch=7), epoch(3, epoch=7)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert (epoch(3, epoch=8)[0] != a[0]).mean() > 0.3
+    assert (epoch(3, epoch=7, seed=1)[0] != a[0]).mean() > 0.3
+    # A DS2 net's stream is its DS1 twin's with the trigger written in: outside the
+    # written steps the inputs are the same.
+    trig = epoch(3, epoch=7, trigger=TRIGGER, tf=0.5)[0]
+    assert (trig != a[0]).any(axis=2).sum(axis=1).max() <= 3
+
+
+def test_popcount_and_quiet_idle_curriculum():
+    xs, ys = epoch(4, epoch=0, curriculum_epochs=100, start_popcount=1, start_idle_noise=0.0)
+    data = bits_to_bytes(xs[..., 1:].astype(np.uint8))
+    write = xs[..., 0] == 1
+    popcount = np.unpackbits(data[..., None], axis=-1).sum(-1)
+    assert popcount[write].max() == 1 and popcount[write].min() == 0
+    assert (data[~write] == 0).all()  # quiet idle cycles at level 0
+    np.testing.assert_array_equal(ys, run_machine("ParityMachine", xs.astype(np.uint8)))
+    # Half way: at most 1 + 0.5 * 7 = 4 bits, idle noise on about half the idle steps.
+    xs, _ = epoch(4, epoch=50, curriculum_epochs=100, start_popcount=1, start_idle_noise=0.0)
+    data = bits_to_bytes(xs[..., 1:].astype(np.uint8))
+    write = xs[..., 0] == 1
+    assert np.unpackbits(data[..., None], axis=-1).sum(-1)[write].max() == 4
+    assert 0.4 < (data[~write] != 0).mean() < 0.55  # 0.5 x (1 - 1/256)
+    # The mix: this share of sequences is the full task from the start.
+    xs, _ = epoch(4, epoch=0, curriculum_epochs=100, start_popcount=1, curriculum_mix=0.5)
+    data = bits_to_bytes(xs[..., 1:].astype(np.uint8))
+    busy = (np.unpackbits(data[..., None], axis=-1).sum(-1) * (xs[..., 0] == 1)).max(1) > 1
+    assert 0.4 < busy.mean() < 0.6
+
+
+def test_length_curriculum_grades_a_prefix():
+    _, ys = epoch(0, epoch=0, curriculum_epochs=10, start_length=4)
+    graded = (ys[..., 0] >= 0).sum(axis=1)
+    assert (graded == 4).all() and (ys[:, 4:] == -1).all()
+    _, ys = epoch(0, epoch=5, curriculum_epochs=10, start_length=4)
+    assert ((ys[..., 0] >= 0).sum(axis=1) == round(4 * 8 ** 0.5)).all()  # geometric: 11
+    _, ys = epoch(0, epoch=10, curriculum_epochs=10, start_length=4)
+    assert (ys >= 0).all()
+
+
+def test_masked_steps_add_nothing_to_the_loss_or_gradient():
+    from mlds_jax import models
+    cfg = load_config("smoke", ["recipe.train_data=\"stream\""])
+    net = cfg.network
+    flat = models.flatten_params(models.init_params(net, jax.random.key(0)),
+                                 models.param_layout(net))
+    xs, ys = (jnp.asarray(a[:16]) for a in epoch(2, length=16))
+    cut = ys.at[:, 8:].set(-1.0)
+
+    def loss_xla(f, y, x=xs):
+        return models.mean_loss("bce", models.apply(net, models.unflatten_params(
+            f, models.param_layout(net)), x), y)
+
+    # Grading 8 of 16 steps: the loss of the first 8 steps, over all 16 x 8 bits.
+    short = loss_xla(flat, ys[:, :8], xs[:, :8]) * 8 / 16
+    np.testing.assert_allclose(loss_xla(flat, cut), short, rtol=1e-5)
+    if models.kernel_loss_supported(net) and models.choose_recurrence(net, "auto") == "cpu-kernel":
+        value, grad = jax.value_and_grad(lambda f: models.kernel_loss(net, "bce", f, xs, cut))(flat)
+        np.testing.assert_allclose(value, short, rtol=1e-5)
+        np.testing.assert_allclose(grad, jax.grad(loss_xla)(flat, cut), rtol=2e-3, atol=1e-6)
+
+
+def test_automaton_stream_is_the_numpy_automaton():
+    automata = [make_automaton(0, a) for a in range(3)]
+    tables = stream.automaton_tasks(stack_automata(automata))
+    for a, automaton in enumerate(automata):
+        xs, ys = stream.automaton_epoch(
+            stream.epoch_key(0, a, 3), tables.transitions[a], tables.outputs[a],
+            tables.start[a], 64, 16, curriculum(), jnp.float32(1))
+        symbols = np.asarray(xs).argmax(-1)
+        assert np.asarray(xs).sum(-1).min() == 1
+        np.testing.assert_array_equal(np.asarray(ys).argmax(-1), run_automaton(automaton, symbols))
