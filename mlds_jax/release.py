@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +54,7 @@ from mlds_jax.store import (
     WEIGHT_ARRAYS,
     DatasetStore,
     StoreError,
+    abandoned_creating_dirs,
     creating_dir,
 )
 
@@ -126,17 +126,16 @@ def release(store_path, tiers, out_dir, *,
 
 
 def _release_tier(store: DatasetStore, tier: int, n: int, target: Path) -> Released:
+    for leftover in abandoned_creating_dirs(target):  # a killed release's
+        shutil.rmtree(leftover, ignore_errors=True)
     build = creating_dir(target)
     try:
         tier_dir = build / target.name  # the store's own name is what its card shows
         _write_tier(store, n, tier_dir)
         _check_tier(tier_dir, n)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            write_zip(tier_dir, partial)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        partial = build / f"{target.name}.partial"  # beside the target: renamed, not copied
+        write_zip(tier_dir, partial)
+        os.replace(partial, target)
     except OSError as e:
         raise ReleaseError(f"cannot write {target}: {e.strerror or e}") from e
     finally:
