@@ -47,7 +47,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
 from mlds_jax.store import (
-    _SCHEMA,
+    ARRAY_NAMES,
     ROW_CHECKSUMS,
     STATUS_PENDING,
     TABLES,
@@ -149,7 +149,7 @@ def _write_tier(store: DatasetStore, n: int, out: Path) -> None:
     src = zarr.open_group(LocalStore(store.path, read_only=True), mode="r", zarr_format=3)
     root = zarr.open_group(LocalStore(out), mode="w-", zarr_format=3,
                            attributes=dict(src.attrs))
-    for name in [*_SCHEMA, ROW_CHECKSUMS]:
+    for name in [*ARRAY_NAMES, ROW_CHECKSUMS]:
         a = store.array(name)
         rows = a.chunks[0]
         new = root.create_array(

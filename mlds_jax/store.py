@@ -89,6 +89,7 @@ _SCHEMA = {
     "hyperparameters": (np.float32, "n_hyper"),
     "status": (np.uint8, None),
 }
+ARRAY_NAMES = tuple(_SCHEMA)  # every per-net array, status last
 _DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy",
               "n_hyper": "hyperparameter"}
 # Stored uncompressed (raw float32 chunk files, see mlds_jax.rawrows); also the columns of

@@ -161,3 +161,22 @@ def test_refuses_what_is_not_releasable(source, tmp_path):
     chunk.write_bytes(bytes(raw))
     line = refused([str(damaged), "--tiers", "1"], tmp_path / "e")
     assert "fails `mlds verify`" in line and "net 4" in line
+
+
+def test_ds3_automata_travel_with_the_tier(tmp_path):
+    """The automata (the store's tables) are in the archive: a net's training data can be
+    regenerated from the zip alone."""
+    from mlds_jax.config import load_config
+
+    cfg = load_config("ds3", ['name="ds3-tiny"', "automata.count=3", "network.hidden_size=4",
+                              "network.num_layers=1", "network.head_sizes=[4]",
+                              "recipe.max_epochs=40", "recipe.check_every=2"])
+    build_store(tmp_path / "d3.zarr", n_nets=6, written=range(6), cfg=cfg)
+    (r,) = release(tmp_path / "d3.zarr", [2], tmp_path / "rel")
+    src, rel = mlds_jax.open_dataset(tmp_path / "d3.zarr"), mlds_jax.open_dataset(r.path)
+    tables = src.store.tables()
+    assert tables and rel.store.tables().keys() == tables.keys()
+    for name, table in tables.items():
+        np.testing.assert_array_equal(rel.store.tables()[name], table, err_msg=name)
+    assert [a.transitions.shape for a in rel.automata()] == [
+        a.transitions.shape for a in src.automata()]
