@@ -93,6 +93,17 @@ def test_two_releases_are_byte_identical(source, tmp_path):
     assert len((tmp_path / "SHA256SUMS").read_text().splitlines()) == 2
 
 
+def test_a_packed_store_releases_the_same_bytes(source, tmp_path):
+    """`mlds pack` stores the weights as one shard; the archive holds plain chunks either way,
+    so nothing outside the zip is needed and the bytes do not depend on the layout."""
+    from mlds_jax.rawrows import pack
+
+    shutil.copytree(source / "s.zarr", tmp_path / "p.zarr")
+    assert pack(tmp_path / "p.zarr") == ["weights", "initial_weights"]
+    (r,) = release(tmp_path / "p.zarr", [2], tmp_path / "rel")
+    assert r.path.read_bytes() == (source / "rel" / "ds1-smoke-2.zarr.zip").read_bytes()
+
+
 def test_read_in_place(source):
     path = source / "rel" / "ds1-smoke-5.zarr.zip"
     ds = mlds_jax.open_dataset(path)
