@@ -53,8 +53,9 @@ TASK_NOTES = {
 
 
 def write_card(ds: Dataset, out_dir: str | Path | None = None, *, max_nets_per_task: int = 1000,
-               max_points: int = 2000) -> Path:
-    """Write README.md and figures/ into ``out_dir`` (default: the store itself).
+               max_points: int = 2000, date: datetime.date | None = None) -> Path:
+    """Write README.md and figures/ into ``out_dir`` (default: the store itself), dated
+    ``date`` (default: today; ``mlds release`` passes the store card's, for the same bytes).
 
     Loss curves use the first ``max_nets_per_task`` finished nets of each task (the lowest
     ids: a smaller tier of the same dataset); the projection at most ``max_points`` finished
@@ -69,7 +70,7 @@ def write_card(ds: Dataset, out_dir: str | Path | None = None, *, max_nets_per_t
     plot_weights_pca(ds, status, task, figures / FIGURES["pca"], max_points)
     readme = out_dir / "README.md"
     write_atomic(readme, render_readme(ds, status, task, max_nets_per_task=max_nets_per_task,
-                                       max_points=max_points).encode())
+                                       max_points=max_points, date=date).encode())
     return readme
 
 
@@ -265,8 +266,10 @@ def _num(x: float, fmt: str) -> str:
 
 
 def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int = 1000,
-                  max_points: int = 2000) -> str:
-    """The card's Markdown text (figures referenced under figures/)."""
+                  max_points: int = 2000, date: datetime.date | None = None) -> str:
+    """The card's Markdown text (figures referenced under figures/). A store named
+    ``*.zarr.zip`` is the tier ``mlds release`` is building: the card says how to read the
+    archive."""
     status = ds.store.read_array("status") if status is None else status
     task = ds.tasks() if task is None else task
     cfg, net = ds.config, ds.network
@@ -278,7 +281,8 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
     head = " -> ".join([f"Linear({a}, {b})" for a, b in zip(
         (net["hidden_size"], *net["head_sizes"]), (*net["head_sizes"], net["output_size"]))])
     head = head.replace(") -> ", f") -> {net['activation']} -> ")
-    today = datetime.date.today()
+    today = date or datetime.date.today()
+    released = ds.path.name.endswith(".zarr.zip")
     out = [f"# {name}: {n:,} trained {cell} networks on {k} tasks", ""]
     out += [
         f"A dataset of neural networks for weight-space analysis, in the manner of MLDS "
@@ -292,7 +296,9 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
         f"{net['hidden_size']}, {net['num_layers']} layers) -> {head}; one logit per output "
         f"(PyTorch equations and parameter layout, so every net loads unchanged into "
         f"`torch.nn.{cell}` + `torch.nn.Linear`)",
-        f"- **Format**: a Zarr v3 group (this directory), weights as float32 `[N, P]`",
+        f"- **Format**: a Zarr v3 group "
+        f"({'in one zip file, read in place' if released else 'this directory'}), weights "
+        f"as float32 `[N, P]`",
         f"- Made with mlds-jax {ds.attrs.get('package_version')}; card written {today}",
         "",
         "## Tasks", "",
@@ -368,9 +374,12 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
                  "crc32c of each row of weights and initial_weights"],
             ], "lll"), "",
             f"Arrays are chunked along the net axis ({ds.chunk_rows} rows per chunk); the "
-            f"weights are uncompressed raw float32"
-            + (", packed as one block (memory-mappable as `[N, P]`)." if ds.store.packed else
-               " (`mlds pack` makes them one memory-mappable `[N, P]` block)."), "",
+            + (f"weights are blosc-compressed (zstd, bit shuffle) for the release: `mlds "
+               f"release --unpack {ds.path.name} --out DIR` (or `unzip {ds.path.name} -d DIR "
+               f"&& mlds pack DIR`) gives the store with one memory-mappable `[N, P]` block."
+               if released else "weights are uncompressed raw float32"
+               + (", packed as one block (memory-mappable as `[N, P]`)." if ds.store.packed
+                  else " (`mlds pack` makes them one memory-mappable `[N, P]` block).")), "",
             "## Loading", "", "```python", "import mlds_jax", "",
             f'ds = mlds_jax.open_dataset("{ds.path.name}")',
             "meta = ds.metadata()                  # pandas DataFrame, one row per net",
@@ -379,7 +388,10 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
             "model = ds.to_torch(int(ids[0]))      # torch.nn.Module, (B, T, in) -> (B, T, out)",
             "```", "",
             "Without mlds-jax, any Zarr v3 reader works: "
-            f'`zarr.open_group("{ds.path.name}", mode="r")["weights"][n]` is net `n`\'s flat '
+            + (f'`zarr.open_group(zarr.storage.ZipStore("{ds.path.name}", mode="r"), '
+               f'mode="r")["weights"][n]`' if released else
+               f'`zarr.open_group("{ds.path.name}", mode="r")["weights"][n]`')
+            + " is net `n`'s flat "
             "vector; `attrs[\"layout\"]` of the group gives each tensor's place in it.", "",
             "## Parameter layout", "",
             "Each row of `weights` is the concatenation, in this order, of the flattened "

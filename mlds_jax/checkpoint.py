@@ -50,7 +50,7 @@ class Checkpoints:
     """This writer's checkpoints in the store at ``path``."""
 
     def __init__(self, path, leases: Leases, identity: dict, minutes: float):
-        self.root = Path(path) / CHECKPOINTS
+        self.root = Path(path).absolute() / CHECKPOINTS  # orbax refuses relative paths
         self.leases = leases
         self.identity = json.loads(json.dumps(identity))
         self.seconds = minutes * 60

@@ -374,6 +374,37 @@ def pack(path, unpack):
 
 @main.command()
 @click.argument("path", type=click.Path())
+@click.option("--tiers", metavar="K1,K2,...", help="Nets per task of each tier, e.g. 100,500,1000.")
+@click.option("--out", type=click.Path(), required=True,
+              help="Directory for the archives and SHA256SUMS (--unpack: the store to make).")
+@click.option("--unpack", is_flag=True, help="PATH is a release archive: extract it into the "
+                                             "store --out and pack its weights for memory maps.")
+def release(path, tiers, out, unpack):
+    """Write each tier of the finished store at PATH (the first K x TIER nets, K tasks) as one
+    reproducible zip, OUT/NAME-TIER.zarr.zip, readable in place, and their SHA-256 in
+    OUT/SHA256SUMS (check with `sha256sum -c SHA256SUMS` in OUT)."""
+    from mlds_jax import release as rel
+
+    try:
+        if unpack:
+            if tiers is not None:
+                raise _Fail("--unpack takes an archive and no --tiers")
+            click.echo(f"unpacked {path} into {rel.unpack(path, out)} (weights packed)")
+            return
+        if tiers is None:
+            raise _Fail("give --tiers, e.g. --tiers 100,500 (nets per task)")
+        try:
+            numbers = [int(t) for t in tiers.split(",")]
+        except ValueError:
+            raise _Fail(f"--tiers {tiers!r} is not a list of whole numbers, e.g. 100,500") from None
+        for r in rel.release(path, numbers, out, log=click.echo):
+            click.echo(f"{r.path}: {r.nets:,} nets, {r.size / 1e6:,.1f} MB, sha256 {r.sha256}")
+    except StoreError as e:
+        raise _Fail(str(e)) from None
+
+
+@main.command()
+@click.argument("path", type=click.Path())
 @click.option("--paired", type=click.Path(), help="The DS2 store whose net n is net n's twin.")
 @click.option("--out", type=click.Path(), help="Directory for analysis.json and figures "
                                                "(default: PATH/analysis, and the card is updated).")

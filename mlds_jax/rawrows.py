@@ -83,6 +83,8 @@ class RawRows:
         bytes. DamagedStoreError if a packed array's shard index fails its checksum."""
         if name not in WEIGHT_ARRAYS:
             raise ValueError(f"only {', '.join(WEIGHT_ARRAYS)} are stored raw, not {name!r}")
+        if store.archive:  # inside a zip: no files of their own
+            return None
         array_dir, a, n_rows = store.path / name, store.array(name), store.n_nets
         codecs = a.metadata.codecs
         if a.dtype != np.float32 or a.ndim != 2 or not has_default_keys(a) or len(codecs) != 1:

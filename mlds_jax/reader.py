@@ -160,7 +160,7 @@ class Dataset:
         ``load_weights()`` for a copy."""
         raw = self._raw_rows(initial)
         if raw is None:
-            raise StoreError(f"weights of {self.path} are not stored as raw float32 rows")
+            raise self._no_raw_rows()
         return raw.memmap()
 
     def chunk_memmaps(self, *, initial: bool = False) -> list[np.ndarray | None]:
@@ -168,8 +168,16 @@ class Dataset:
         (C = ``chunk_rows``), None for a chunk never written (all NaN)."""
         raw = self._raw_rows(initial)
         if raw is None:
-            raise StoreError(f"weights of {self.path} are not stored as raw float32 rows")
+            raise self._no_raw_rows()
         return raw.chunk_memmaps()
+
+    def _no_raw_rows(self) -> StoreError:
+        if self.store.archive:
+            return StoreError(f"{self.path} is a release archive: a memory map needs the "
+                              f"unpacked store; run `mlds release --unpack {self.path} --out "
+                              f"DIR` (or `unzip {self.path} -d DIR && mlds pack DIR`)")
+        return StoreError(f"weights of {self.path} are not stored as raw float32 rows; run "
+                          f"`mlds pack {self.path}` to store them so")
 
     @property
     def chunk_rows(self) -> int:
@@ -382,7 +390,9 @@ class Dataset:
 
 def _weights_layout(path: Path):
     """Identity of the weights arrays' metadata files (inode, mtime), which `mlds pack`
-    replaces; None while a swap is half done."""
+    replaces; None while a swap is half done. A release archive never changes: ()."""
+    if path.is_file():
+        return ()
     try:
         return tuple((st.st_ino, st.st_mtime_ns) for st in
                      (os.stat(path / name / "zarr.json") for name in WEIGHT_ARRAYS))
@@ -395,5 +405,6 @@ def _as_list(value) -> list:
 
 
 def open_dataset(path: str | Path) -> Dataset:
-    """Open a dataset store read-only, lazily (nothing but metadata is read here)."""
+    """Open a dataset store read-only, lazily (nothing but metadata is read here): a store
+    directory, or a release archive ``NAME.zarr.zip`` (``mlds release``), read in place."""
     return Dataset(path)

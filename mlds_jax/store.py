@@ -1,9 +1,10 @@
 """The Zarr v3 store of one dataset: its schema; create, open, extend; resume state; rows
 written with ``status`` last, row checksums, reads, a summary.
 
-One Zarr v3 group (a local directory) per dataset; row ``n`` of every array belongs to net
-``n``. Arrays are chunked along the net axis only (``chunk_rows`` rows, full width), so a
-reader can open the store lazily and slice one net or one task without reading the rest:
+One Zarr v3 group (a local directory; read-only inside a zip file made by ``mlds release``)
+per dataset; row ``n`` of every array belongs to net ``n``. Arrays are chunked along the net
+axis only (``chunk_rows`` rows, full width), so a reader can open the store lazily and slice
+one net or one task without reading the rest:
 
     weights          (N, P) float32   final parameters, flat layout in attrs["layout"]
     initial_weights  (N, P) float32   parameters at initialisation
@@ -60,13 +61,14 @@ import shutil
 import socket
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
-from zarr.storage import LocalStore
+from zarr.storage import LocalStore, ZipStore
 
 # 2: val_accuracy holds the worst-output and whole-sequence columns (attrs
 # "criterion_names"), and per-net `hyperparameters` exist. 3: `seq_steps` exists, and the
@@ -90,6 +92,7 @@ _SCHEMA = {
     "seq_steps": (np.int64, None),
     "status": (np.uint8, None),
 }
+ARRAY_NAMES = tuple(_SCHEMA)  # every per-net array, status last
 _DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy",
               "n_hyper": "hyperparameter"}
 # Stored uncompressed (raw float32 chunk files, see mlds_jax.rawrows); also the columns of
@@ -150,6 +153,8 @@ class DatasetStore:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
         path = Path(path)
+        if path.is_file() and zipfile.is_zipfile(path):
+            return cls._open_archive(path, mode)
         if path.is_file():
             raise StoreError(f"{path} is a file, not a dataset store")
         if not path.is_dir() or not any(path.iterdir()):
@@ -164,6 +169,35 @@ class DatasetStore:
         except Exception as e:
             raise _read_error(path, "zarr.json", e) from e
         return cls(path, group)
+
+    @classmethod
+    def _open_archive(cls, path: Path, mode: str) -> "DatasetStore":
+        """A store inside a zip file (``mlds release``), read in place through ZipStore."""
+        if mode != "r":
+            raise StoreError(f"{path} is a release archive, read-only; to write to it, unpack "
+                             f"it first: `mlds release --unpack {path} --out DIR`")
+        try:
+            group = zarr.open_group(ZipStore(path, mode="r"), mode="r", zarr_format=3)
+        except Exception as e:
+            raise _read_error(path, "zarr.json", e) from e
+        return cls(path, group)
+
+    @property
+    def archive(self) -> bool:
+        """The store lies inside a zip file (read-only; no raw chunk files to map)."""
+        return self.path.is_file()
+
+    def read_extra(self, name: str) -> bytes | None:
+        """The file ``name`` stored beside the arrays (``README.md``,
+        ``analysis/splits.json``), from the directory or the archive; None if absent."""
+        if not self.archive:
+            path = self.path / name
+            return path.read_bytes() if path.is_file() else None
+        with zipfile.ZipFile(self.path) as zf:
+            try:
+                return zf.read(name)
+            except KeyError:
+                return None
 
     @classmethod
     def open_or_create(cls, path, *, n_nets: int, n_params: int, n_log: int,

@@ -138,7 +138,8 @@ def verify(path, *, progress: Callable[[int], None] | None = None) -> Report:
     called after each chunk row is done. StoreError if it cannot be opened at all."""
     store = DatasetStore.open(path, mode="r")
     n = store.n_nets
-    report = Report(path=store.path, n_nets=n, strays=strays(store.path))
+    report = Report(path=store.path, n_nets=n,
+                    strays=[] if store.archive else strays(store.path))
     problems = report.problems
     problems.extend(_shapes(store))
     unreadable = np.zeros(n, bool)

@@ -81,9 +81,9 @@ def write_splits(store_dir: str | Path, n_nets: int, *, seed: int = DEFAULT_SEED
 def load_split(ds, seed: int | None = None) -> np.ndarray:
     """(N,) int8 split of every net of the opened dataset ``ds``: the shipped one's scheme
     (its seed and fractions) when the store has one, else the default; ``seed`` overrides."""
-    meta = Path(ds.path) / SPLIT_DIR / "splits.json"
+    meta = ds.store.read_extra(f"{SPLIT_DIR}/splits.json")  # a directory or a release zip
     fractions, default = DEFAULT_FRACTIONS, DEFAULT_SEED
-    if meta.exists():
-        m = json.loads(meta.read_text())
+    if meta is not None:
+        m = json.loads(meta)
         fractions, default = tuple(m["fractions"]), m["seed"]
     return split_of(np.arange(len(ds)), default if seed is None else seed, fractions)
