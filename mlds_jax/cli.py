@@ -228,6 +228,17 @@ def info(path):
             num(row.mean_sequences_right, ".3f"),
         )
     Console(width=160).print(table)
+    if "automata" in cfg:  # DS3: how learnability goes with the automaton's size
+        from mlds_jax.reader import size_bin_summary
+
+        bins = Table(title="by automaton size (states)")
+        for col in ("states", "automata", "finished", "converged", "median epochs"):
+            bins.add_column(col, justify="right")
+        for b in size_bin_summary(ds):
+            bins.add_row(b["states"], str(b["automata"]), str(b["finished"]),
+                         f"{b['converged']} ({num(100 * b['share'], '.0f')}%)",
+                         num(b["median_epochs"], ".0f"))
+        Console(width=160).print(bins)
 
 
 def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):

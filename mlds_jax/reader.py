@@ -388,6 +388,28 @@ class Dataset:
         ]
 
 
+# DS3: automata grouped by their number of states (tasks.automata.STATE_RANGE, 16 to 48).
+STATE_BINS = ((16, 23), (24, 31), (32, 39), (40, 48))
+
+
+def size_bin_summary(ds: "Dataset") -> list[dict]:
+    """DS3: per automaton-size bin (states lo-hi): automata, finished and converged nets,
+    the converged share and the median epochs of the converged nets."""
+    states = np.array([a.n_states for a in ds.automata()])
+    status = np.asarray(ds.store.read_array("status"))
+    epochs = np.asarray(ds.store.read_array("epochs"))
+    n_states = states[ds.tasks()]
+    rows = []
+    for lo, hi in STATE_BINS:
+        mine = (n_states >= lo) & (n_states <= hi)
+        finished, conv = mine & (status > 0), mine & (status == 1)
+        rows.append(dict(states=f"{lo}-{hi}", automata=int(((states >= lo) & (states <= hi)).sum()),
+                         finished=int(finished.sum()), converged=int(conv.sum()),
+                         share=conv.sum() / finished.sum() if finished.any() else math.nan,
+                         median_epochs=float(np.median(epochs[conv])) if conv.any() else math.nan))
+    return rows
+
+
 def _weights_layout(path: Path):
     """Identity of the weights arrays' metadata files (inode, mtime), which `mlds pack`
     replaces; None while a swap is half done. A release archive never changes: ()."""

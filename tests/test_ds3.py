@@ -138,3 +138,23 @@ def test_training_equals_torch_adam_on_same_order(recurrence):
     assert np.abs(flat - done.weights[0]).max() <= 1e-4
     assert np.abs(flat - done.initial_weights[0]).max() > 1e-3  # it did train
     np.testing.assert_allclose(done.loss_curve[0][: len(losses)], losses, rtol=1e-4)
+
+
+def test_info_shows_the_converged_share_per_automaton_size(store):
+    from click.testing import CliRunner
+
+    from mlds_jax.cli import main
+    from mlds_jax.reader import size_bin_summary
+
+    cfg, ds = store
+    states = [make_automaton(11, a).n_states for a in range(3)]
+    status = np.asarray(ds.status[:])
+    rows = size_bin_summary(ds)
+    assert [r["states"] for r in rows] == ["16-23", "24-31", "32-39", "40-48"]
+    for r in rows:
+        lo, hi = map(int, r["states"].split("-"))
+        mine = [n for n in range(6) if lo <= states[n % 3] <= hi]
+        assert r["automata"] == sum(lo <= s <= hi for s in states)
+        assert (r["finished"], r["converged"]) == (len(mine), int((status[mine] == 1).sum()))
+    out = CliRunner().invoke(main, ["info", str(ds.path)])
+    assert out.exit_code == 0 and "by automaton size" in out.output
