@@ -75,9 +75,10 @@ class Recipe:
     # epoch 0 to 1 (the full task) at epoch curriculum_epochs; 0: the full task throughout.
     # Each value below is where its knob starts; at level f it is start + f (full - start).
     curriculum_epochs: float = 0.0
-    # > 0: the level instead rises by 1/curriculum_epochs after each epoch whose training
-    # loss per graded output bit (DS3: step) is below this (the net passed its level).
-    curriculum_advance_loss: float = 0.0
+    # > 0: the level instead rises by 1/curriculum_epochs after each epoch at whose end the
+    # net gets at least this share of its level's graded outputs right, on the worst output
+    # (DS3: symbols), over the epoch's last sequences (drawn at its level, never the mix).
+    curriculum_pass: float = 0.0
     start_length: float = 0.0  # steps graded per training sequence (0: all; grows geometrically)
     start_popcount: float = 0.0  # most set bits in a written byte (0: any byte, uniform)
     start_idle_noise: float = 1.0  # chance that an idle step's data lines carry noise
@@ -120,15 +121,18 @@ class Recipe:
                               f"{self.start_length}")
         if not 0 <= self.start_popcount <= 8:
             raise ConfigError(f"recipe.start_popcount must be in [0, 8], got {self.start_popcount}")
+        if self.curriculum_mix > MAX_MIX:
+            raise ConfigError(f"recipe.curriculum_mix must be at most {MAX_MIX} (the last "
+                              f"quarter of every epoch's sequences is at the net's level)")
         for name in ("start_idle_noise", "curriculum_mix", "trigger_fraction",
-                     "near_miss_fraction"):
+                     "near_miss_fraction", "curriculum_pass"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"recipe.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.trigger_fraction + self.near_miss_fraction > 1:
             raise ConfigError("recipe.trigger_fraction + recipe.near_miss_fraction must be <= 1")
         for name in ("warmup_epochs", "clip_norm", "weight_decay", "chrono_max", "recurrent_gain",
                      "input_gain", "head_gain", "decay_half_life", "curriculum_epochs",
-                     "curriculum_advance_loss"):
+                     "curriculum_pass"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"recipe.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.decay_floor <= 1:
@@ -155,8 +159,9 @@ class Recipe:
 
 
 TRAIN_DATA = ("fixed", "stream")
+MAX_MIX = 0.75  # the curriculum's full-task share leaves the last quarter at the net's level
 # Curriculum and stream-only values at which they do nothing (what "fixed" data requires).
-CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_advance_loss": 0.0, "start_length": 0.0, "start_popcount": 0.0,
+CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_pass": 0.0, "start_length": 0.0, "start_popcount": 0.0,
                   "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
 
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
@@ -165,7 +170,7 @@ CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_advance_loss": 0.0, "sta
 # the largest cap. Curriculum and trigger shares vary per net only with streamed data.
 SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor", "clip_norm",
              "weight_decay", "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain",
-             "head_gain", "max_epochs", "curriculum_epochs", "curriculum_advance_loss",
+             "head_gain", "max_epochs", "curriculum_epochs", "curriculum_pass",
              "start_length", "start_popcount",
              "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction")
 # Per-net values that change the training data: with a fixed training set, one per dataset.

@@ -13,10 +13,11 @@ NumPy twins of the machines and automata (``mlds_jax.tasks``) are the reference 
 tested against.
 
 The curriculum: a net's level f in [0, 1] (1 is the full task) follows a schedule,
-f = epoch / curriculum_epochs, or (``curriculum_advance_loss`` > 0) rises by
-1 / curriculum_epochs after each epoch whose training loss per graded output is below that
-value (the trainer keeps it per net). Each sequence is drawn at the net's level, or at 1
-for the ``curriculum_mix`` share:
+f = epoch / curriculum_epochs, or (``curriculum_pass`` > 0) rises by 1 / curriculum_epochs
+after each epoch at whose end the net gets that share of its level right (the trainer keeps
+it per net). Each sequence is drawn at the net's level, or at 1 for the first
+``curriculum_mix`` share of the epoch's sequences (so the last ones are at the net's level:
+what the pass is checked on):
 
 - ``start_length``: only the first L steps of a sequence are graded (targets -1 beyond:
   the loss ignores them), L growing geometrically from start_length to T. The net still
@@ -62,7 +63,7 @@ class Curriculum(NamedTuple):
     """One net's curriculum values (float32 scalars, recipe names without `recipe.`)."""
 
     curriculum_epochs: jax.Array
-    curriculum_advance_loss: jax.Array
+    curriculum_pass: jax.Array
     start_length: jax.Array
     start_popcount: jax.Array
     start_idle_noise: jax.Array
@@ -78,10 +79,11 @@ class Curriculum(NamedTuple):
             epoch / jnp.maximum(self.curriculum_epochs, 1e-9), 1.0), 1.0)
 
     def levels(self, key, level, n: int) -> jax.Array:
-        """(n,) each sequence's level: the net's `level`, or 1 for the `curriculum_mix`
-        share of sequences drawn from the full task."""
-        full = jax.random.uniform(key, (n,)) < self.curriculum_mix
-        return jnp.where(full, 1.0, level)
+        """(n,) each sequence's level: the net's `level`, or 1 for the first
+        `curriculum_mix` share of the sequences, drawn from the full task (the minibatch
+        order is a permutation, so where they sit does not matter)."""
+        del key  # the split is by position, so the last sequences are at the net's level
+        return jnp.where(jnp.arange(n) < self.curriculum_mix * n, 1.0, level)
 
     def graded_length(self, level, length: int) -> jax.Array:
         """(n,) steps graded per sequence: start_length * (T / start_length) ** level."""

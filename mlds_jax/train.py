@@ -252,7 +252,7 @@ def _epoch_data(cfg: DatasetConfig, data: TrainData, state: NetState):
     r, tables, hyper = cfg.recipe, data.stream, state.hyper
     key = stream.epoch_key(cfg.seed, state.task, state.epoch)
     curriculum = stream.Curriculum.from_hyper(hyper)
-    level = jnp.where(hyper["curriculum_advance_loss"] > 0, state.level,
+    level = jnp.where(hyper["curriculum_pass"] > 0, state.level,
                       curriculum.scheduled(state.epoch))
     if tables.transitions is not None:
         return stream.automaton_epoch(
@@ -263,6 +263,25 @@ def _epoch_data(cfg: DatasetConfig, data: TrainData, state: NetState):
         r.write_probability, r.write_probability_spread, curriculum, level,
         trigger=tables.trigger, trigger_fraction=hyper["trigger_fraction"],
         near_miss_fraction=hyper["near_miss_fraction"])
+
+
+def _adaptive(cfg: DatasetConfig) -> bool:
+    """Whether any net's curriculum advances on passing its level (then every epoch ends
+    with a forward pass over `_pass_check_sequences` sequences, ~4% of an epoch)."""
+    return any(r.curriculum_pass > 0 for row in cfg.recipe_table for r in row)
+
+
+def _pass_check_sequences(cfg: DatasetConfig) -> int:
+    """The epoch's last sequences, all at the net's level (config.MAX_MIX)."""
+    return min(64, cfg.recipe.train_sequences // 4)
+
+
+def _level_accuracy(cfg: DatasetConfig, flat, xs, ys) -> jax.Array:
+    """The worst output's accuracy of one net over the graded steps (targets >= 0) of
+    (S, T, ...) sequences: bits per pin, or (DS3) symbols."""
+    graded = ys[..., :1] >= 0  # (S, T, 1)
+    right = _right(cfg, _predict(cfg, flat, xs), ys) & graded  # (S, T, O or 1)
+    return (right.sum((0, 1)) / jnp.maximum(graded.sum(), 1)).min()
 
 
 def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetState:
@@ -285,12 +304,14 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
 
     (params, opt_state), losses = jax.lax.scan(minibatch, (state.params, state.opt_state), batches)
     loss = losses.mean()
-    # The adaptive curriculum: a net whose loss per graded output is below the bar moves on.
-    hyper = state.hyper
-    graded = jnp.maximum((targets[..., 0] >= 0).mean(), 1e-9)
-    passed = (loss / graded < hyper["curriculum_advance_loss"]) & active
-    level = jnp.minimum(1.0, state.level + jnp.where(
-        passed, 1.0 / jnp.maximum(hyper["curriculum_epochs"], 1.0), 0.0))
+    level = state.level
+    if _adaptive(cfg):  # a net that passes its level moves on (stream.Curriculum)
+        step = 1.0 / jnp.maximum(state.hyper["curriculum_epochs"], 1.0)
+        n = _pass_check_sequences(cfg)
+        passed = _level_accuracy(cfg, params, inputs[-n:], targets[-n:]) >= state.hyper[
+            "curriculum_pass"]
+        level = jnp.where(active & passed & (state.hyper["curriculum_pass"] > 0),
+                          jnp.minimum(1.0, level + step), level)
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(active, new, old))
     diverged = active & ~jnp.isfinite(loss)
     return state.replace(

@@ -13,7 +13,7 @@ from mlds_jax.tasks.machines import MACHINES, bits_to_bytes, run_machine
 from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_completions
 
 TRIGGER = (0xA5, 0x3C, 0x0F)
-OFF = dict(curriculum_epochs=0.0, curriculum_advance_loss=0.0, start_length=0.0, start_popcount=0.0, start_idle_noise=1.0,
+OFF = dict(curriculum_epochs=0.0, curriculum_pass=0.0, start_length=0.0, start_popcount=0.0, start_idle_noise=1.0,
            curriculum_mix=0.0)
 
 

@@ -1,6 +1,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -327,15 +328,27 @@ def test_ds2_stream_without_trigger_is_its_ds1_twin(data):
     assert not np.allclose(a["weights"], c["weights"], atol=1e-4)
 
 
-def test_adaptive_curriculum_that_always_passes_is_the_schedule(data):
-    """A level that rises 1/curriculum_epochs after every passed epoch, with a bar every
-    epoch passes, is the schedule epoch / curriculum_epochs; with a bar none passes it
-    stays at the start."""
-    def run(advance):
+def test_adaptive_curriculum_that_always_passes_is_the_schedule(data, monkeypatch):
+    """A level that rises 1/curriculum_epochs after every passed epoch is the schedule
+    epoch / curriculum_epochs when every epoch passes, and stays at the start when none
+    does."""
+    def run(accuracy):
         cfg = dataclasses.replace(STREAM, task_recipes=(), recipe=dataclasses.replace(
-            STREAM.recipe, curriculum_advance_loss=advance, max_epochs=6))
+            STREAM.recipe, curriculum_pass=0.0 if accuracy is None else 0.9, max_epochs=6))
+        if accuracy is not None:
+            monkeypatch.setattr(train, "_level_accuracy", lambda *a: jnp.float32(accuracy))
         return collect(train.Population(cfg, data, 2).run([3, 4]), 5, [3, 4])["weights"]
 
-    schedule, always, never = run(0.0), run(100.0), run(1e-9)
+    schedule, always, never = run(None), run(1.0), run(0.5)
     np.testing.assert_allclose(always[3:], schedule[3:], rtol=2e-5, atol=2e-6)
     assert not np.allclose(never[3:], schedule[3:], atol=1e-4)
+
+
+def test_level_accuracy_counts_graded_steps_only(data):
+    cfg = STREAM
+    flat = train.init_net(cfg, 3).params
+    xs, ys = (jnp.asarray(a[3, :16]) for a in (data.train_inputs, data.train_targets))
+    masked = ys.at[:, 5:].set(-1.0)
+    got = train._level_accuracy(cfg, flat, xs, masked)
+    right = (np.asarray(train._predict(cfg, flat, xs[:, :5])) > 0) == (np.asarray(ys[:, :5]) > 0.5)
+    np.testing.assert_allclose(got, right.mean((0, 1)).min(), rtol=1e-6)
