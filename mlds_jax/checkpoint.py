@@ -50,7 +50,9 @@ class Checkpoints:
     """This writer's checkpoints in the store at ``path``."""
 
     def __init__(self, path, leases: Leases, identity: dict, minutes: float):
-        self.root = Path(path) / CHECKPOINTS
+        # Absolute here, once: orbax (tensorstore) refuses a relative path, and a user's
+        # `--out ds1.zarr` is one.
+        self.root = Path(path).absolute() / CHECKPOINTS
         self.leases = leases
         self.identity = json.loads(json.dumps(identity))
         self.seconds = minutes * 60
