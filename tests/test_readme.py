@@ -14,8 +14,9 @@ A block may be shrunk or skipped by an HTML comment on the line(s) right before 
     <!-- readme-test: "--per-task 100" -> "--per-task 2"; drop "make test" (why) -->
     <!-- readme-test: skip (why) -->
 
-`"OLD" -> "NEW" (why)` replaces text (every occurrence; the reason is optional); `drop "PREFIX" (why)` removes the lines
-that start with PREFIX (with their `\\` continuation lines); `skip (why)` skips the block.
+`"OLD" -> "NEW" (why)` replaces text (every occurrence; the reason is optional);
+`drop "PREFIX" (why)` removes the lines that start with PREFIX (with their `\\`
+continuation lines); `skip (why)` skips the block.
 A marker without a reason, or one this file cannot read, fails the test of its block.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
