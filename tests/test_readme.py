@@ -137,6 +137,10 @@ def cases() -> list:
 def root(tmp_path_factory):
     """The stand-in repository root, shared by every block in reading order (the Python
     blocks read the store the demo block made)."""
+    stamp, project = REPO / ".venv" / ".installed", REPO / "pyproject.toml"
+    if not stamp.exists() or stamp.stat().st_mtime < project.stat().st_mtime:
+        pytest.fail("the .venv is older than pyproject.toml: run `make setup` first (`make "
+                    "demo` would reinstall the package from the stand-in root)")
     root = tmp_path_factory.mktemp("root")
     for name in LINKED:
         (root / name).symlink_to(REPO / name)
