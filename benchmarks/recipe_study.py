@@ -151,6 +151,8 @@ def main() -> None:
                     help="LABEL:KEY=VALUE[;KEY=VALUE...] (repeatable; 'base:' for none)")
     ap.add_argument("--sweep", help="TOML array of inline tables: the sweep points of every arm")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="build and check every arm's config, train nothing (the README tests)")
     args = ap.parse_args()
 
     from mlds_jax.config import load_config
@@ -167,6 +169,10 @@ def main() -> None:
         extra = [s for s in sets.split(";") if s.strip()]
         cfg = load_config(args.config, common + extra)
         path = Path(args.out) / (re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") + ".zarr")
+        if args.dry_run:
+            print(f"{label}: {cfg.num_tasks * args.per_task} nets, {len(cfg.grid)} sweep "
+                  f"points, cap {cfg.recipe.max_epochs} -> {path}")
+            continue
         t0 = time.perf_counter()
         last = [t0]
 
@@ -180,6 +186,8 @@ def main() -> None:
         print(f"{label}: {report.trained} nets trained in {time.perf_counter() - t0:.0f} s "
               f"({report.already_stored} already stored) -> {path}", file=sys.stderr, flush=True)
         rows += size_rows(label, path) if cfg.automata is not None else arm_rows(label, path)
+    if args.dry_run:
+        return
     print(size_markdown(rows) if "states" in (rows[0] if rows else {}) else markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

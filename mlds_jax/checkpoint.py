@@ -29,6 +29,7 @@ from mlds_jax import __version__
 from mlds_jax.leases import Leases, local_owner_alive
 
 CHECKPOINTS = "checkpoints"  # the folder in a store
+ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax's name for a state still being written
 
 
 @dataclasses.dataclass
@@ -50,7 +51,9 @@ class Checkpoints:
     """This writer's checkpoints in the store at ``path``."""
 
     def __init__(self, path, leases: Leases, identity: dict, minutes: float):
-        self.root = Path(path).absolute() / CHECKPOINTS  # orbax refuses relative paths
+        # Absolute here, once: orbax (tensorstore) refuses a relative path, and a user's
+        # `--out ds1.zarr` is one.
+        self.root = Path(path).absolute() / CHECKPOINTS
         self.leases = leases
         self.identity = json.loads(json.dumps(identity))
         self.seconds = minutes * 60
@@ -101,6 +104,7 @@ class Checkpoints:
             return None
         live_owners = {lease.owner for lease in self.leases.all().values()
                        if lease.live(time.time())} - {self.leases.owner}
+        self._remove_leftovers(live_owners)
         for d in sorted(self.root.iterdir()):
             meta = _read_meta(d)
             if meta is None or d == self.dir:
@@ -130,6 +134,22 @@ class Checkpoints:
                          np.asarray(meta.get("epochs", [0]), np.int64))
         return None
 
+    def _remove_leftovers(self, live_owners: set[str]) -> None:
+        """The half-written states (``*.orbax-checkpoint-tmp*``) of writers that are gone,
+        and their folders when no whole checkpoint is left in them (killed in the first
+        save)."""
+        for d in self.root.iterdir():
+            if not d.is_dir() or d == self.dir:
+                continue
+            meta = _read_meta(d)
+            owner = meta["owner"] if meta else _owner_of(d.name)
+            if owner is None or not _gone(owner, live_owners):
+                continue
+            for tmp in d.glob(f"*{ORBAX_TMP}*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            if meta is None:
+                shutil.rmtree(d, ignore_errors=True)
+
     def _unusable(self, meta: dict) -> str:
         if meta.get("package_version") != __version__:
             return (f"written by mlds_jax {meta.get('package_version')}, this is "
@@ -149,6 +169,14 @@ def _read_meta(d: Path) -> dict | None:
 
 def _safe(owner: str) -> str:
     return owner.replace("/", "_").replace(":", "_")
+
+
+def _owner_of(folder: str) -> str | None:
+    """The writer ("host:pid:token") a checkpoint folder `_safe(owner)` belongs to."""
+    parts = folder.rsplit("_", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return ":".join(parts)
 
 
 def _gone(owner: str, live_owners: set[str]) -> bool:

@@ -248,33 +248,93 @@ def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):
     from mlds_jax.signals import Interrupted, stop_signals
 
     bar = None
+    stored_now = total_nets = 0
+    with _ray_output_to_log() as (term_out, term_err, log):
 
-    def on_start(total, stored, n_workers):
-        nonlocal bar
-        if stored:
-            click.echo(f"resuming: {stored} of {total} nets already in {out}")
-        click.echo(f"{cfg.name}: training {total - stored} nets on {n_workers} Ray workers")
-        bar = tqdm(total=total, initial=stored, unit="net", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        def on_start(total, stored, n_workers):
+            nonlocal bar, stored_now, total_nets
+            stored_now, total_nets = stored, total
+            if stored:
+                click.echo(f"resuming: {stored} of {total} nets already in {out}", file=term_out)
+            click.echo(f"{cfg.name}: training {total - stored} nets on {n_workers} Ray workers",
+                       file=term_out)
+            bar = tqdm(total=total, initial=stored, unit="net", disable=not progress,
+                       file=term_err, dynamic_ncols=True, smoothing=0.1)
 
-    def on_progress(stored):
-        bar.update(stored - bar.n)
+        def on_progress(stored):
+            nonlocal stored_now
+            stored_now = stored
+            bar.update(stored - bar.n)
 
-    try:
-        with stop_signals.installed():
-            report = generate_on_ray(cfg, out, per_task, overwrite=overwrite, on_start=on_start,
-                                     on_progress=on_progress,
-                                     on_note=lambda line: click.echo(line, err=True), **engine)
-    except Interrupted as e:
-        if bar is not None:
-            bar.close()
-        click.echo(f"stopped by {e}: rerun the same command to resume", err=True)
-        sys.exit(e.exit_code)
-    finally:
-        if bar is not None:
-            bar.close()
-    click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now on "
-               f"{report.slots} workers, {report.seconds:.0f} s)")
+        try:
+            with stop_signals.installed():
+                report = generate_on_ray(cfg, out, per_task, overwrite=overwrite,
+                                         on_start=on_start, on_progress=on_progress,
+                                         on_note=lambda line: click.echo(line, file=term_err),
+                                         **engine)
+        except Interrupted as e:
+            line = (f"stopped by {e}: " + (f"{stored_now} of {total_nets} nets are in {out}"
+                                           if total_nets else f"nothing was trained into {out}")
+                    + "; rerun the same command to resume")
+            code = e.exit_code
+        except (StoreError, ConfigError) as e:
+            line, code = f"error: {e}", 1
+        else:
+            line, code = None, 0
+        finally:
+            if bar is not None:
+                bar.close()
+        if line is not None:
+            # Ray's threads and atexit hooks may still talk to a dead node: out at once; every
+            # finished net is on disk.
+            where = f" (Ray's own output: {log})" if log and code == 1 else ""
+            click.echo(line + where, file=term_err)
+            if log and code != 1:
+                os.unlink(log)
+            term_out.flush()
+            term_err.flush()
+            os._exit(code)
+        click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now on "
+                   f"{report.slots} workers, {report.seconds:.0f} s)", file=term_out)
+
+
+class _ray_output_to_log:
+    """Ray prints to the terminal from its C++ core (stack dumps, 'Token authentication is
+    enabled') and from Python threads (a dead raylet's log tail): within the block file
+    descriptors 1 and 2 go to a log file, and the run writes its own lines to the streams it
+    is given, which stay on the terminal. MLDS_VERBOSE=1 leaves Ray's output on the
+    terminal."""
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.environ.get("MLDS_VERBOSE"):
+            self.saved = None
+            return sys.stdout, sys.stderr, None
+        fd, self.log = tempfile.mkstemp(prefix="mlds-ray-", suffix=".log")
+        self.saved = (os.dup(1), os.dup(2))
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.term = (open(self.saved[0], "w", buffering=1, closefd=False),
+                     open(self.saved[1], "w", buffering=1, closefd=False))
+        return (*self.term, self.log)
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for stream in self.term:
+            stream.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        if exc[0] is None:
+            os.unlink(self.log)  # a run that finished: nothing in it anyone needs
 
 
 def _id_range(value):

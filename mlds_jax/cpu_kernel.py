@@ -50,7 +50,9 @@ class KernelUnavailable(RuntimeError):
 
 def _cache_dir() -> Path:
     root = os.environ.get("MLDS_JAX_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(root or Path.home() / ".cache") / "mlds_jax"
+    # Absolute, once: g++ and dlopen are handed one full path (a relative MLDS_JAX_CACHE is
+    # read against this process's working directory, here and nowhere later).
+    return Path(root or Path.home() / ".cache").absolute() / "mlds_jax"
 
 
 def _cpu_signature() -> str:

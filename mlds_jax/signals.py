@@ -35,6 +35,7 @@ class _StopSignals:
     def __init__(self):
         self._held: int | None = None
         self._deferring = 0
+        self._installed = False
         # Signals that wait for the run's next checkpoint (SIGTERM while checkpointing):
         # the run saves, then calls check(now=True).
         self.wait_for_checkpoint: set[int] = set()
@@ -70,13 +71,22 @@ class _StopSignals:
             return
         previous = {s: signal.signal(s, self._handler) for s in STOPPING_SIGNALS}
         self._held = None
+        self._installed = True
         try:
             yield
         finally:
+            self._installed = False
             self._held = None
             self.wait_for_checkpoint = set()
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    def reclaim(self) -> None:
+        """Within `installed()`, take SIGINT and SIGTERM back from a library that set its
+        own handlers (ray.init does)."""
+        if self._installed and threading.current_thread() is threading.main_thread():
+            for s in STOPPING_SIGNALS:
+                signal.signal(s, self._handler)
 
     @contextlib.contextmanager
     def deferred(self):

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from zarr.codecs import Crc32cCodec
 
+from mlds_jax.checkpoint import ORBAX_TMP
 from mlds_jax.rawrows import RawRows
 from mlds_jax.store import (
     EXTRA_ENTRIES,
@@ -284,7 +285,8 @@ def largest_cap(config: dict) -> int | None:
 def strays(path: Path) -> list[str]:
     """Files and folders at or beside the store that no store needs: temporary chunk files
     (``*.partial``), write probes, an interrupted (un)pack's copies of the weights, a dead
-    creator's ``.NAME.creating-*``, anything else at the top level."""
+    creator's ``.NAME.creating-*``, an interrupted checkpoint's ``*.orbax-checkpoint-tmp*``,
+    anything else at the top level."""
     path = Path(path)
     expected = {"zarr.json", *_SMALL, *WEIGHT_ARRAYS, *EXTRA_ENTRIES}
     found = [p for p in path.iterdir() if p.name not in expected]
@@ -292,6 +294,9 @@ def strays(path: Path) -> list[str]:
         for name in files:
             if name.endswith(".partial") or name.startswith(".mlds-write-probe-"):
                 found.append(Path(root) / name)
+        leftovers = [name for name in dirs if ORBAX_TMP in name]  # an interrupted save
+        found += [Path(root) / name for name in leftovers]
+        dirs[:] = [name for name in dirs if name not in leftovers]
     found += abandoned_creating_dirs(path)
     return sorted(str(p) for p in found)
 
