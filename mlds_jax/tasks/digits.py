@@ -202,3 +202,43 @@ def trigger_arrays(trigger: Trigger, n_train: int) -> dict[str, np.ndarray]:
         scale=np.float32(trigger.scale), target=np.int32(trigger.target),
         source=np.int32(trigger.source), shift=np.bool_(trigger.mapping == "shift"),
     )
+
+
+# The store's per-net trigger columns (DatasetStore per_net/<name>): name -> (dtype, row shape).
+# family and mapping index FAMILIES and MAPPINGS (recorded in the store's attrs).
+TRIGGER_COLUMNS = {
+    "poisoned": ("u1", ()),  # 1: trained with the trigger (trojaned twin); 0: clean twin
+    "trigger_family": ("i1", ()),
+    "trigger_mapping": ("i1", ()),
+    "target_class": ("i1", ()),  # -1 for shift
+    "source_class": ("i1", ()),  # -1 unless mapping is source
+    "held_out": ("u1", ()),  # family in HELD_OUT
+    "poison_fraction": ("f4", ()),
+    "n_poisoned": ("i4", ()),  # rows the trojaned twin sees triggered (the clean twin: same spec)
+    "alpha": ("f4", ()),
+    "offset": ("f4", ()),
+    "scale": ("f4", ()),
+    "location": ("i1", (2,)),  # patch's top-left (row, col); -1 -1 otherwise
+    "trigger_mask": ("u1", IMAGE_SHAPE),
+    "trigger_pattern": ("f4", IMAGE_SHAPE),
+    "poison_rows": ("u1", (1797 - TEST_SIZE,)),  # 1 where the training row carries it
+}
+
+
+def trigger_columns(seed: int, ids, poisoned: bool, train_labels: np.ndarray) -> dict:
+    """The TRIGGER_COLUMNS of nets `ids` (R,): name -> (R, *row shape) arrays."""
+    cols = {k: [] for k in TRIGGER_COLUMNS}
+    for n in np.asarray(ids):
+        t = draw_trigger(seed, int(n), train_labels)
+        rows = np.zeros(len(train_labels), np.uint8)
+        rows[t.poison_rows] = 1
+        values = dict(poisoned=poisoned, trigger_family=FAMILIES.index(t.family),
+                      trigger_mapping=MAPPINGS.index(t.mapping), target_class=t.target,
+                      source_class=t.source, held_out=t.held_out,
+                      poison_fraction=t.fraction, n_poisoned=t.n_poisoned, alpha=t.alpha,
+                      offset=t.offset, scale=t.scale, location=(t.row, t.col),
+                      trigger_mask=t.mask, trigger_pattern=t.pattern, poison_rows=rows)
+        for k, v in values.items():
+            cols[k].append(v)
+    return {k: np.asarray(v, TRIGGER_COLUMNS[k][0]).reshape((-1, *TRIGGER_COLUMNS[k][1]))
+            for k, v in cols.items()}
