@@ -132,3 +132,21 @@ def test_cnn_matches_torch_conv2d_on_the_same_weights(split):
     net = torch_net(cfg, [s.as_dict() for s in layout], np.asarray(flat))
     with torch.no_grad():
         np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), want, atol=1e-6)
+
+
+def test_ds4_configs_are_twins_and_bad_ones_name_the_key():
+    from mlds_jax.config import ConfigError, load_config
+
+    clean, trojan = load_config("ds4"), load_config("ds4-trojan")
+    assert isinstance(clean.network, models.ConvNetConfig) and clean.network == trojan.network
+    assert clean.recipe == trojan.recipe and clean.seed == trojan.seed
+    assert (clean.images.poison, trojan.images.poison) == (False, True)
+    assert clean.criterion_names == ("clean_accuracy",)
+    assert trojan.criterion_names == ("clean_accuracy", "attack_success_rate")
+    assert "tasks" not in clean.identity() and clean.identity()["images"]["poison"] is False
+    with pytest.raises(ConfigError, match="train_sequences"):
+        load_config("ds4", ["recipe.train_sequences=1408"])
+    with pytest.raises(ConfigError, match="network.strides"):
+        load_config("ds4", ["network.strides=[1, 2]"])
+    with pytest.raises(ConfigError, match="network.hidden_size"):
+        load_config("ds4", ["network.hidden_size=12"])

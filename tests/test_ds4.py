@@ -121,3 +121,13 @@ def test_rerun_resumes_with_nothing_left(stores):
     assert "0 trained now" in text or "nothing to do" in text.lower(), text[-500:]
     np.testing.assert_array_equal(DatasetStore.open(path).read_rows(list(range(NETS)))["weights"],
                                   before)
+
+
+def test_info_works_and_what_is_not_built_says_so_in_one_line(stores):
+    path = str(stores["ds4-trojan"].path)
+    for args, ok in ((["info", path], True), (["analyze", path], False)):
+        done = subprocess.run([sys.executable, "-m", "mlds_jax.cli", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert (done.returncode == 0) == ok, done.stderr[-1000:]
+        assert "Traceback" not in done.stderr
+    assert "not built yet" in done.stderr
