@@ -131,3 +131,29 @@ def test_info_works_and_what_is_not_built_says_so_in_one_line(stores):
         assert (done.returncode == 0) == ok, done.stderr[-1000:]
         assert "Traceback" not in done.stderr
     assert "not built yet" in done.stderr
+
+
+def test_a_checkpointed_population_resumes_to_the_same_weights():
+    """The trigger arrays in NetState.task_params travel through export/import_state."""
+    from mlds_jax import vision
+    from mlds_jax.config import load_config
+    from mlds_jax.train import Population
+
+    cfg = load_config("ds4-trojan", ["recipe.max_epochs=4", "recipe.check_every=2"])
+    split = vision.split_of(cfg.seed)
+    pop = Population(cfg, split, slots=2)
+    saved = []
+
+    def on_state(state, slot_net):
+        if not saved and (slot_net >= 0).any():  # after the first step: epoch 2 of 4
+            saved.append((pop.export_state(state), slot_net.copy()))
+
+    full = {int(n): w for d in pop.run(range(2), on_state=on_state)
+            for n, w in zip(d.net_id, d.weights)}
+    again = Population(cfg, split, slots=2)
+    leaves, slot_net = saved[0]
+    resumed = {int(n): w for d in again.run([], resume=(again.import_state(leaves), slot_net))
+               for n, w in zip(d.net_id, d.weights)}
+    assert sorted(resumed) == [0, 1]
+    for n in resumed:
+        np.testing.assert_array_equal(resumed[n], full[n])
