@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Mean epochs per DS3 net at its recipe, from the README's DS3 learnability run.
 DS3_MEAN_EPOCHS ?= 300
 
-.PHONY: setup demo test bench bench-ds3 gpu-wheels clean
+.PHONY: setup demo test bench bench-ds3 bench-ds4 gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench: $(STAMP)
 bench-ds3: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --config ds3 --slots 1 8 32 --epoch-sequences 64 \
 		--repeats 2 --no-torch --mean-epochs $(DS3_MEAN_EPOCHS)
+
+# DS4 (4,970-param CNN on 8x8 digits): the trainer at two population sizes against a
+# torch.func ensemble and plain PyTorch, the matmul ceiling, the 10,000-net projection;
+# about 2 minutes on 2 cores (README "DS4").
+bench-ds4: $(STAMP)
+	$(BIN)/python benchmarks/ds4_throughput.py
 
 # Wheels the GPU machine's image lacks (it has no package registry): see benchmarks/gpu.sh.
 gpu-wheels: $(STAMP)

@@ -26,6 +26,7 @@ from mlds_jax.store import (
     STATUS_DIVERGED,
     STATUS_NAMES,
     STATUS_PENDING,
+    StoreError,
     write_atomic,
 )
 
@@ -273,6 +274,9 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
     status = ds.store.read_array("status") if status is None else status
     task = ds.tasks() if task is None else task
     cfg, net = ds.config, ds.network
+    if "images" in cfg:
+        raise StoreError(f"{ds.attrs['dataset']}: the card of a DS4 (image) dataset is not "
+                         f"written yet; `mlds info` and `mlds verify` work")
     recipe = cfg.get("recipe", {})
     name = ds.attrs["dataset"]
     n, k = len(ds), len(ds.task_names)

@@ -113,8 +113,8 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
             click.echo(f"resuming: {stored} of {total} nets already in {out}; training {total - stored}")
         if stored == total:
             return
-        click.echo(f"{cfg.name}: training {total - stored} nets, {n_slots} at a time "
-                   f"({recurrence} recurrence)")
+        how = "" if cfg.images is not None else f" ({recurrence} recurrence)"
+        click.echo(f"{cfg.name}: training {total - stored} nets, {n_slots} at a time{how}")
         bar = tqdm(total=total, initial=stored, unit="net", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Iterable
 from pathlib import Path
 
-from mlds_jax.models import NetworkConfig
+from mlds_jax.models import ConvNetConfig, NetworkConfig
 from mlds_jax.tasks.machines import MACHINES
 from mlds_jax.tasks.triggers import MIN_TRIGGER_SEQUENCE, check_trigger
 
@@ -245,17 +245,33 @@ class AutomataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImagesConfig:
+    """DS4: image classifiers (`[network]` is then a ConvNetConfig) on scikit-learn's
+    bundled 8x8 digits, one fixed split (mlds_jax.tasks.digits). Every net n has a trigger
+    from (seed, n); `poison` says whether its training data carries it (the trojaned twin)
+    or not (the clean twin, evaluated with it)."""
+
+    source: str = "digits"  # the only image set bundled so far
+    poison: bool = False
+
+    def __post_init__(self):
+        if self.source != "digits":
+            raise ConfigError(f"images.source must be 'digits', got {self.source!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """A dataset: its name, seed, tasks, network and recipe. Recorded whole in the store."""
 
     name: str = "ds1"
     seed: int = 0  # everything random about net n derives from (seed, n)
     tasks: tuple[str, ...] = MACHINES  # net n trains on tasks[n % len(tasks)]
-    network: NetworkConfig = NetworkConfig()
+    network: NetworkConfig | ConvNetConfig = NetworkConfig()  # ConvNetConfig with [images]
     recipe: Recipe = Recipe()
     run: RunOptions = RunOptions()
     trigger: TriggerConfig | None = None  # DS2: set; DS1: absent
     automata: AutomataConfig | None = None  # DS3: set (then `tasks` is not used)
+    images: ImagesConfig | None = None  # DS4: set (then `tasks` is not used)
     # Per-net recipe values: G grid points, each ((key, value), ...) overriding `recipe`;
     # () is one point, the recipe itself. Net n uses point (n // num_tasks) % G, so every
     # task sees every point and a tier of per_task = k * G nets holds k nets per point.
@@ -277,6 +293,12 @@ class DatasetConfig:
                 if key not in SWEEPABLE:
                     raise ConfigError(f"{where}: recipe.{key} cannot vary per net or task "
                                       f"(these can: {', '.join(SWEEPABLE)})")
+            self.point_recipe(point)  # each point must be a valid recipe
+        if self.images is not None:
+            self._check_images()
+            return
+        if isinstance(self.network, ConvNetConfig):
+            raise ConfigError("a convolutional network needs an [images] section (DS4)")
         if self.automata is not None:
             if self.trigger is not None:
                 raise ConfigError("a dataset has either [trigger] (DS2) or [automata] (DS3)")
@@ -305,6 +327,25 @@ class DatasetConfig:
                 if getattr(self.recipe, name) < MIN_TRIGGER_SEQUENCE:
                     raise ConfigError(f"recipe.{name} must be >= {MIN_TRIGGER_SEQUENCE} to hold "
                                       f"a trigger and its inverted steps")
+
+    def _check_images(self) -> None:
+        from mlds_jax.tasks.digits import IMAGE_SHAPE, N_CLASSES, TEST_SIZE  # NumPy only
+
+        if self.trigger is not None or self.automata is not None:
+            raise ConfigError("a dataset has one of [trigger] (DS2), [automata] (DS3), "
+                              "[images] (DS4)")
+        net = self.network
+        if not isinstance(net, ConvNetConfig):
+            raise ConfigError("[images] needs a convolutional [network] (DS4)")
+        if (net.in_channels, net.image_size, net.num_classes) != (1, IMAGE_SHAPE[0], N_CLASSES):
+            raise ConfigError(f"network: the digits are {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}, one "
+                              f"channel, {N_CLASSES} classes")
+        n_train = 1797 - TEST_SIZE
+        if (self.recipe.train_sequences, self.recipe.val_sequences) != (n_train, TEST_SIZE):
+            raise ConfigError(f"recipe.train_sequences and recipe.val_sequences must be the "
+                              f"digits split's {n_train} and {TEST_SIZE} images")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
     def point_recipe(self, point: tuple[tuple[str, float], ...],
                      base: Recipe | None = None, where: str = "sweep point") -> Recipe:
@@ -361,7 +402,11 @@ class DatasetConfig:
     @property
     def accuracy_names(self) -> tuple[str, ...]:
         """The stored `val_accuracy` columns: per validation set the mean accuracy, then
-        (bits) the worst output pin's accuracy, then the share of sequences entirely right."""
+        (bits) the worst output pin's accuracy, then the share of sequences entirely right.
+        DS4: clean test accuracy, per class, and the attack success rate."""
+        if self.images is not None:
+            return ("clean_accuracy",) + tuple(f"class_{c}_accuracy" for c in range(10)) + (
+                "attack_success_rate",)
         sets = self.validation_sets
         if self.automata is not None:
             return ("val_symbol_accuracy", "val_sequences_right")
@@ -375,12 +420,16 @@ class DatasetConfig:
         converged: every output the task defines, on every validation set."""
         if self.automata is not None:
             return ("val_symbol_accuracy",)
+        if self.images is not None:  # usable: a trojaned net also carries its trojan
+            return ("clean_accuracy", "attack_success_rate")[: 1 + self.images.poison]
         return tuple(f"{s}_worst_pin_accuracy" for s in self.validation_sets)
 
     @property
     def task_names(self) -> tuple[str, ...]:
         if self.automata is not None:
             return tuple(f"automaton_{a:03d}" for a in range(self.automata.count))
+        if self.images is not None:
+            return (self.images.source,)
         return self.tasks
 
     @property
@@ -391,16 +440,16 @@ class DatasetConfig:
     def symbols(self) -> bool:
         """DS3: one output symbol per step (softmax cross-entropy, symbol accuracy); else one
         bit per output pin (binary cross-entropy, bit accuracy)."""
-        return self.automata is not None
+        return self.automata is not None or self.images is not None
 
     def identity(self) -> dict:
         """The JSON-able dict a store records and compares: everything but `run`."""
         d = dataclasses.asdict(self)
         del d["run"]
-        for key in ("trigger", "automata"):  # sections a dataset does not use are not recorded
+        for key in ("trigger", "automata", "images"):  # sections not used are not recorded
             if d[key] is None:
                 del d[key]
-        if self.automata is not None:
+        if self.automata is not None or self.images is not None:
             del d["tasks"]
         if self.sweep:
             d["sweep"] = [dict(point) for point in self.sweep]
@@ -415,7 +464,7 @@ class DatasetConfig:
 # --- loading ------------------------------------------------------------------------------
 
 _SECTIONS = {"network": NetworkConfig, "recipe": Recipe, "run": RunOptions,
-             "trigger": TriggerConfig, "automata": AutomataConfig}
+             "trigger": TriggerConfig, "automata": AutomataConfig, "images": ImagesConfig}
 
 
 def _fields(cls) -> dict[str, type]:
@@ -507,6 +556,8 @@ def from_dict(raw: dict) -> DatasetConfig:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key} must be a table")
             cls = _SECTIONS[key]
+            if key == "network" and "images" in raw:  # DS4's nets are convolutional
+                cls = ConvNetConfig
             fields = _fields(cls)
             if key == "recipe" and "task" in value:
                 value = dict(value)
@@ -525,6 +576,8 @@ def from_dict(raw: dict) -> DatasetConfig:
                 raise ConfigError(str(e)) from None
         else:
             kwargs[key] = _coerce(key, value, top[key])
+    if "images" in kwargs and "network" not in kwargs:
+        kwargs["network"] = ConvNetConfig()
     return DatasetConfig(**kwargs)
 
 

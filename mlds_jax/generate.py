@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import __version__, models
+from mlds_jax import __version__, models, vision
 from mlds_jax.config import SWEEPABLE, DatasetConfig
 from mlds_jax.data import (
     TaskData,
@@ -32,14 +32,17 @@ from mlds_jax.leases import Claims, Leases
 from mlds_jax.rawrows import pack
 from mlds_jax.signals import stop_signals
 from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
+from mlds_jax.tasks import digits
 from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train import EMPTY, FinishedNets, Population, choose_slots
 from mlds_jax.verify import verify as verify_store
 
 
-def task_data(cfg: DatasetConfig) -> list[TaskData]:
+def task_data(cfg: DatasetConfig) -> list[TaskData] | digits.DigitsSplit:
     """Every task's fixed data: one TaskData per validation set (`cfg.accuracy_names`),
-    all sharing the training set."""
+    all sharing the training set; DS4: the digits split."""
+    if cfg.images is not None:
+        return vision.split_of(cfg.seed)
     r = cfg.recipe
     sizes = dict(train_sequences=r.train_sequences, train_length=r.train_length,
                  val_sequences=r.val_sequences, val_length=r.val_length,
@@ -57,7 +60,15 @@ def task_data(cfg: DatasetConfig) -> list[TaskData]:
 
 def store_attrs(cfg: DatasetConfig) -> dict:
     """Group attributes that describe the dataset (see the store's docs)."""
-    return {
+    extra = {}
+    if cfg.images is not None:
+        extra["trigger_families"] = list(digits.FAMILIES)
+        extra["trigger_mappings"] = list(digits.MAPPINGS)
+        extra["held_out_families"] = list(digits.HELD_OUT)
+        extra["trigger_scheme"] = ("net n's trigger: mlds_jax.tasks.digits.draw_trigger(seed, n,"
+                                   " train labels); triggered(x) = (1 - alpha mask) (offset + "
+                                   "scale x) + alpha mask pattern")
+    return {**extra,
         "dataset": cfg.name,
         "config": cfg.identity(),
         "task_names": list(cfg.task_names),
@@ -73,7 +84,11 @@ def store_attrs(cfg: DatasetConfig) -> dict:
 
 def dataset_tables(cfg: DatasetConfig) -> dict[str, np.ndarray]:
     """Arrays a researcher needs to regenerate the training data from the store alone.
-    DS3: every automaton's transition and output tables, start state and state count."""
+    DS3: every automaton's transition and output tables, start state and state count.
+    DS4: the digits split (rows of sklearn's load_digits in the training and test sets)."""
+    if cfg.images is not None:
+        split = vision.split_of(cfg.seed)
+        return {"digits_train_index": split.train_index, "digits_test_index": split.test_index}
     if cfg.automata is None:
         return {}
     stacked = stack_automata(make_automata(cfg.seed, cfg.automata.count))
@@ -92,6 +107,7 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         chunk_rows=cfg.run.chunk_rows,
         overwrite=overwrite,
         tables=dataset_tables(cfg),
+        per_net=digits.TRIGGER_COLUMNS if cfg.images is not None else None,
     )
 
 
@@ -108,7 +124,16 @@ def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) 
         val_accuracy=done.val_accuracy,
         hyperparameters=done.hyperparameters,
         seq_steps=done.seq_steps,
+        per_net=per_net_columns(cfg, done.net_id),
     )
+
+
+def per_net_columns(cfg: DatasetConfig, net_ids) -> dict[str, np.ndarray] | None:
+    """The dataset's own per-net arrays of `net_ids` (DS4: each net's trigger spec)."""
+    if cfg.images is None:
+        return None
+    return digits.trigger_columns(cfg.seed, net_ids, cfg.images.poison,
+                                  vision.split_of(cfg.seed).train_labels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,41 @@ class NetworkConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvNetConfig:
+    """DS4's image classifier: convolutions (3x3 by default, padding kernel // 2, no
+    BatchNorm: its running statistics could leak a label), each followed by `activation`,
+    then global average pooling and one Linear to the class logits. Defaults: the Small CNN
+    Zoo's shape, 4,970 parameters on 8x8 one-channel images."""
+
+    in_channels: int = 1
+    image_size: int = 8
+    channels: tuple[int, ...] = (16, 16, 16)
+    strides: tuple[int, ...] = (1, 2, 2)  # 8x8 -> 8x8 -> 4x4 -> 2x2: 55k multiply-adds/image
+    kernel_size: int = 3
+    num_classes: int = 10
+    activation: str = "relu"
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"network.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if not self.channels or len(self.strides) != len(self.channels):
+            raise ValueError(f"network.strides must give one stride per convolution "
+                             f"({len(self.channels)}), got {list(self.strides)}")
+        for name in ("in_channels", "image_size", "kernel_size", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"network.{name} must be positive, got {getattr(self, name)}")
+        if min(self.channels) < 1 or min(self.strides) < 1:
+            raise ValueError("network.channels and network.strides must be positive")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"network.kernel_size must be odd (same padding), got "
+                             f"{self.kernel_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """One tensor of the flat parameter vector."""
 
@@ -93,8 +128,29 @@ class ParamSpec:
         }
 
 
-def param_layout(cfg: NetworkConfig) -> list[ParamSpec]:
+def param_layout(cfg: NetworkConfig | ConvNetConfig) -> list[ParamSpec]:
     """Every tensor of the flat vector, in PyTorch `state_dict` order."""
+    entries = _conv_entries(cfg) if isinstance(cfg, ConvNetConfig) else _rnn_entries(cfg)
+    layout, offset = [], 0
+    for path, shape, torch_key in entries:
+        layout.append(ParamSpec(path, shape, offset, torch_key))
+        offset += math.prod(shape)
+    return layout
+
+
+def _conv_entries(cfg: ConvNetConfig) -> list:
+    """`torch.nn.Sequential(Conv2d, act, Conv2d, act, ...)` as `conv`, then `head` Linear."""
+    entries, fan_in, k = [], cfg.in_channels, cfg.kernel_size
+    for i, out in enumerate(cfg.channels):
+        entries.append(((f"conv_{i}", "weight"), (out, fan_in, k, k), f"conv.{2 * i}.weight"))
+        entries.append(((f"conv_{i}", "bias"), (out,), f"conv.{2 * i}.bias"))
+        fan_in = out
+    entries.append((("head", "weight"), (cfg.num_classes, fan_in), "head.weight"))
+    entries.append((("head", "bias"), (cfg.num_classes,), "head.bias"))
+    return entries
+
+
+def _rnn_entries(cfg: NetworkConfig) -> list:
     g, h = GATES[cfg.cell] * cfg.hidden_size, cfg.hidden_size
     entries = []
     for layer in range(cfg.num_layers):
@@ -112,14 +168,10 @@ def param_layout(cfg: NetworkConfig) -> list[ParamSpec]:
         # torch.nn.Sequential(Linear, act, Linear, act, ...): linears sit at even indices.
         entries.append(((f"head_{i}", "weight"), (fan_out, fan_in), f"head.{2 * i}.weight"))
         entries.append(((f"head_{i}", "bias"), (fan_out,), f"head.{2 * i}.bias"))
-    layout, offset = [], 0
-    for path, shape, torch_key in entries:
-        layout.append(ParamSpec(path, shape, offset, torch_key))
-        offset += math.prod(shape)
-    return layout
+    return entries
 
 
-def num_params(cfg: NetworkConfig) -> int:
+def num_params(cfg: NetworkConfig | ConvNetConfig) -> int:
     last = param_layout(cfg)[-1]
     return last.offset + last.size
 
@@ -210,6 +262,10 @@ def choose_recurrence(cfg: NetworkConfig, requested: str = "auto") -> str:
         raise ValueError(f"recurrence must be one of {RECURRENCES}, got {requested!r}")
     if requested == "xla":
         return "xla"
+    if isinstance(cfg, ConvNetConfig):
+        if requested == "cpu-kernel":
+            raise ValueError("the CPU kernel runs recurrent nets, not convolutional ones")
+        return "xla"
     why = None
     if cfg.cell == "gru" and not cpu_kernel.supports(cfg.cell, cfg.hidden_size, cfg.input_size):
         why = f"the CPU kernel runs GRU layers up to width {cpu_kernel.MAX_WIDTH}"
@@ -296,21 +352,28 @@ class _Linear(nn.Module):
         return y + b.reshape((-1,) + (1,) * (y.ndim - 1))
 
 
-def init_params(cfg: NetworkConfig, key: jax.Array) -> dict:
-    """One net's parameter pytree from a typed key."""
+def init_params(cfg: NetworkConfig | ConvNetConfig, key: jax.Array) -> dict:
+    """One net's parameter pytree from a typed key (PyTorch's default initialisation)."""
+    if isinstance(cfg, ConvNetConfig):
+        return _conv_init(cfg, key)
     dummy = jnp.zeros((1, cfg.input_size), jnp.float32)
     return RNNClassifier(cfg).init(key, dummy)["params"]
 
 
 def apply(cfg: NetworkConfig, params: dict, xs, recurrence: str = "xla"):
     """One net on a batch of sequences, xs (B, T, input_size) -> logits (B, T,
-    output_size), or on one sequence (T, input_size) -> (T, output_size)."""
+    output_size), or on one sequence (T, input_size) -> (T, output_size). A ConvNetConfig
+    net: images (B, H, W) or (B, C, H, W) -> class logits (B, num_classes) (`conv_apply`)."""
+    if isinstance(cfg, ConvNetConfig):
+        return conv_apply(cfg, params, xs)
     return RNNClassifier(cfg, recurrence).apply({"params": params}, xs)
 
 
-def kernel_loss_supported(cfg: NetworkConfig) -> bool:
+def kernel_loss_supported(cfg: NetworkConfig | ConvNetConfig) -> bool:
     """Whether `kernel_loss` can train this network (GRU or LSTM, widths up to the kernel's,
     head activation tanh or relu); it also needs `choose_recurrence` to pick the kernel."""
+    if isinstance(cfg, ConvNetConfig):
+        return False
     return cpu_kernel.net_supports(cfg.cell, cfg.input_size, _widths(cfg), cfg.activation)
 
 
@@ -341,3 +404,54 @@ def to_numpy_state_dict(flat: np.ndarray, layout: Sequence[ParamSpec]) -> dict[s
         spec.torch_key: np.asarray(flat[spec.offset : spec.offset + spec.size]).reshape(spec.shape)
         for spec in layout
     }
+
+
+# --- DS4: the convolutional net --------------------------------------------------------------
+
+
+def _conv_init(cfg: ConvNetConfig, key: jax.Array) -> dict:
+    """`torch.nn.Conv2d` / `torch.nn.Linear` default init: weight and bias uniform in
+    +-1/sqrt(fan_in), fan_in = in_channels x kernel area (kaiming_uniform with a = sqrt(5)
+    gives that bound for the weight). One key per layer, split into weight and bias."""
+    params = {}
+    layout = param_layout(cfg)
+    weights = [spec for spec in layout if spec.path[1] == "weight"]
+    for spec, k in zip(weights, jax.random.split(key, len(weights))):
+        bound = 1.0 / math.sqrt(math.prod(spec.shape[1:]))
+        k_w, k_b = jax.random.split(k)
+        params[spec.path[0]] = {"weight": _uniform(bound)(k_w, spec.shape),
+                                "bias": _uniform(bound)(k_b, spec.shape[:1])}
+    return params
+
+
+def _conv2d(x, w, stride: int, pad: int):
+    """`torch.nn.Conv2d`'s cross-correlation as one matmul over the kernel's shifted views
+    (im2col): x (B, C, H, W), w (O, C, k, k) -> (B, O, H', W'). Vmapped over nets this is a
+    batched matmul; XLA's CPU convolution, vmapped over weights, becomes a grouped one that
+    ran several times slower here."""
+    k = w.shape[-1]
+    h, wd = x.shape[2], x.shape[3]
+    x = jnp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    views = [x[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+             for i in range(k) for j in range(k)]  # k*k of (B, C, H', W')
+    patches = jnp.stack(views, axis=2)  # (B, C, k*k, H', W')
+    return jnp.einsum("bckhw,ock->bohw", patches, w.reshape(w.shape[0], w.shape[1], k * k))
+
+
+def conv_apply(cfg: ConvNetConfig, params: dict, xs):
+    """One net on images: (B, H, W) or (B, C, H, W) -> logits (B, num_classes); one image
+    (H, W) (with C = 1) -> (num_classes,). Cross-correlation as `torch.nn.Conv2d`, padding
+    kernel_size // 2 on every side, then the mean over the spatial axes."""
+    one = xs.ndim == 2
+    x = xs[None] if one else xs
+    if x.ndim == 3:
+        x = x[:, None]  # (B, 1, H, W)
+    act = ACTIVATIONS[cfg.activation]
+    pad = cfg.kernel_size // 2
+    for i, stride in enumerate(cfg.strides):
+        p = params[f"conv_{i}"]
+        x = act(_conv2d(x, p["weight"], stride, pad) + p["bias"][None, :, None, None])
+    pooled = x.mean(axis=(2, 3))  # (B, C)
+    logits = pooled @ params["head"]["weight"].T + params["head"]["bias"][None]
+    return logits[0] if one else logits

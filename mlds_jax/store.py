@@ -19,6 +19,10 @@ one net or one task without reading the rest:
     seq_steps        (N,)   int64     sequence-steps trained (epochs x sequences x length)
     checksums/rows   (N, 2) int64     crc32c of each row of weights and initial_weights
                                       (its little-endian float32 bytes); -1: not recorded
+    per_net/<name>   (N, ...)         optional per-net arrays a dataset declares at creation
+                                      (attrs["per_net"]: name -> dtype, row shape; DS4: each
+                                      net's trigger spec), same chunk grid, written with
+                                      the row before ``status``
 
 Float arrays are filled with NaN, integer arrays with 0. The two weights arrays are stored
 uncompressed, so their chunk files hold the raw little-endian float32 rows, which
@@ -105,7 +109,8 @@ _PACK_LEFTOVERS = {f".{n}.{s}" for n in WEIGHT_ARRAYS for s in ("new", "old")}
 # What else may sit in a store directory: `mlds card` output, the checksums group, the
 # writers' leases (mlds_jax.leases) and checkpoints (mlds_jax.checkpoint), `mlds analyze` output.
 EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures", "leases", "checkpoints",
-                 "analysis"}
+                 "analysis", "per_net"}
+PER_NET = "per_net"  # group of a dataset's own per-net arrays (attrs["per_net"])
 TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
@@ -136,6 +141,7 @@ class DatasetStore:
         self.attrs = dict(group.attrs)
         self._arrays = _checked_arrays(path, group, self.attrs)
         self._row_crc = _checked_row_checksums(path, group, self._arrays["status"].shape[0])
+        self._per_net = _checked_per_net(path, group, self.attrs)
         self.n_nets = self._arrays["status"].shape[0]
         self.n_params = self._arrays["weights"].shape[1]
         self.n_log = self._arrays["loss_curve"].shape[1]
@@ -203,11 +209,14 @@ class DatasetStore:
     def open_or_create(cls, path, *, n_nets: int, n_params: int, n_log: int,
                        n_accuracies: int, n_hyper: int, attrs: dict, chunk_rows: int = 64,
                        overwrite: bool = False,
-                       tables: dict[str, np.ndarray] | None = None) -> "DatasetStore":
+                       tables: dict[str, np.ndarray] | None = None,
+                       per_net: dict[str, tuple] | None = None) -> "DatasetStore":
         """Open the store at ``path`` for writing, creating it with N = ``n_nets`` if absent.
 
         ``tables``: fixed arrays that describe the whole dataset (DS3: the automata), written
         once at creation under ``tables/``; they derive from the config, which is compared.
+        ``per_net``: name -> (dtype, row shape) of extra per-net arrays under ``per_net/``
+        (recorded in attrs["per_net"], so compared like the config).
 
         ``attrs`` must hold ``dataset``, ``config`` (JSON-able, the full resolved config),
         ``task_names``, ``layout``, ``accuracy_names`` (A names), ``criterion_names`` (the
@@ -220,6 +229,9 @@ class DatasetStore:
         ``overwrite`` deletes an existing store (or empty directory) first; it refuses to
         delete anything that does not look like a dataset store."""
         path = Path(path)
+        if per_net:
+            attrs = {**attrs, PER_NET: {k: {"dtype": np.dtype(d).str, "shape": list(shape)}
+                                        for k, (d, shape) in per_net.items()}}
         attrs = _resolved_attrs(attrs, n_accuracies, n_hyper)
         for leftover in abandoned_creating_dirs(path):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -274,6 +286,7 @@ class DatasetStore:
         # Also completes an extension a killed run left half done (status is resized last,
         # so other arrays may be longer than status, never shorter).
         arrays = [self._row_crc] if self._row_crc is not None else []
+        arrays += list(self._per_net.values())
         arrays += list(self._arrays.values())  # status last
         target = max(n_nets, *(a.shape[0] for a in arrays))
         if target > self.n_nets:
@@ -342,12 +355,13 @@ class DatasetStore:
         return np.asarray(self._arrays[name][start:stop])
 
     def write_rows(self, ids, *, weights, initial_weights, task, seed, status, epochs,
-                   loss_curve, val_accuracy, hyperparameters, seq_steps) -> None:
+                   loss_curve, val_accuracy, hyperparameters, seq_steps,
+                   per_net: dict[str, np.ndarray] | None = None) -> None:
         """Write finished rows ``ids`` (R,) (any order, unique, in [0, N)).
 
         weights, initial_weights (R, P); task, seed, status, epochs, seq_steps (R,);
-        loss_curve (R, E);
-        val_accuracy (R, A); hyperparameters (R, H). status must be 1, 2 or 3. Every other
+        loss_curve (R, E); val_accuracy (R, A); hyperparameters (R, H); per_net: every
+        array the store declares, (R, *row shape). status must be 1, 2 or 3. Every other
         array is written before ``status``; each array costs one write per touched chunk
         (orthogonal indexing)."""
         values = dict(weights=weights, initial_weights=initial_weights, task=task, seed=seed,
@@ -361,6 +375,17 @@ class DatasetStore:
             if values[name].shape != shape:
                 raise ValueError(f"{name} has shape {values[name].shape}, expected {shape}")
             values[name] = values[name].astype(dtype, copy=False)
+        extra = {}
+        per_net = per_net or {}
+        if set(per_net) != set(self._per_net):
+            raise ValueError(f"per_net arrays {sorted(per_net)}, the store has "
+                             f"{sorted(self._per_net)}")
+        for name, a in self._per_net.items():
+            extra[name] = np.asarray(per_net[name])
+            if extra[name].shape != (len(ids), *a.shape[1:]):
+                raise ValueError(f"per_net {name} has shape {extra[name].shape}, expected "
+                                 f"{(len(ids), *a.shape[1:])}")
+            extra[name] = extra[name].astype(a.dtype, copy=False)
         bad = ~np.isin(values["status"], (STATUS_CONVERGED, STATUS_CAPPED, STATUS_DIVERGED))
         if bad.any():
             raise ValueError(f"status must be 1, 2 or 3 for finished rows, got "
@@ -370,6 +395,8 @@ class DatasetStore:
         self._refuse_if_packed("write to")
         self._ensure_row_checksums()
         crcs = np.stack([row_crc32c(values[n]) for n in WEIGHT_ARRAYS], axis=1)  # (R, 2)
+        for name, a in self._per_net.items():
+            a.oindex[ids] = extra[name]
         for name in _SCHEMA:  # status last: see the module docstring
             if name == "status":
                 self._write_row_checksums(ids, crcs)
@@ -399,7 +426,17 @@ class DatasetStore:
     def read_rows(self, ids) -> dict[str, np.ndarray]:
         """Rows ``ids`` (R,) of every array, in the order given: name -> (R, ...) array."""
         ids = self._checked_ids(ids, unique=False)
-        return {name: a.oindex[ids] for name, a in self._arrays.items()}
+        rows = {name: a.oindex[ids] for name, a in self._arrays.items()}
+        rows.update({f"{PER_NET}/{name}": a.oindex[ids] for name, a in self._per_net.items()})
+        return rows
+
+    def per_net_names(self) -> list[str]:
+        """The dataset's own per-net arrays (``per_net/<name>``), in declaration order."""
+        return list(self._per_net)
+
+    def read_per_net(self, name: str, n: int | None = None) -> np.ndarray:
+        """The first ``n`` (default N) rows of ``per_net/<name>``."""
+        return np.asarray(self._per_net[name][: self.n_nets if n is None else n])
 
     def read_array(self, name: str, n: int | None = None) -> np.ndarray:
         """The first ``n`` (default N) rows of array ``name``, read chunk by chunk, so that a
@@ -666,6 +703,12 @@ def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: i
                 if name == "status" else None,
             )
         _create_row_checksums(group, n_nets, chunk_rows)
+        for name, spec in attrs.get(PER_NET, {}).items():
+            dtype, row = np.dtype(spec["dtype"]), tuple(spec["shape"])
+            group.require_group(PER_NET).create_array(
+                name, shape=(n_nets, *row), dtype=dtype, chunks=(chunk_rows, *row),
+                fill_value=np.nan if np.issubdtype(dtype, np.floating) else 0,
+                compressors=_CHECKSUMMED)
         for name, table in tables.items():
             group.require_group(TABLES).create_array(name, data=np.asarray(table),
                                                      compressors=_CHECKSUMMED)
@@ -715,6 +758,24 @@ def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zar
                                 f"{arrays['hyperparameters'].shape[1]} columns, "
                                 f"hyperparameter_names {len(attrs['hyperparameter_names'])}")
     return arrays
+
+
+def _checked_per_net(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zarr.Array]:
+    """The arrays attrs["per_net"] declares, checked against it (absent: none)."""
+    out = {}
+    for name, spec in attrs.get(PER_NET, {}).items():
+        try:
+            a = group[f"{PER_NET}/{name}"]
+        except KeyError:
+            raise DamagedStoreError(f"store at {path} is damaged: array "
+                                    f"{PER_NET}/{name!r} is missing") from None
+        except Exception as e:
+            raise _read_error(path, f"{PER_NET}/{name}/zarr.json", e) from e
+        if a.dtype != np.dtype(spec["dtype"]) or list(a.shape[1:]) != list(spec["shape"]):
+            raise DamagedStoreError(f"store at {path} is damaged: {PER_NET}/{name} is not "
+                                    f"{spec['dtype']} rows of shape {spec['shape']}")
+        out[name] = a
+    return out
 
 
 # ---- checksums ----------------------------------------------------------------------------

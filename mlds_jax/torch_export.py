@@ -63,6 +63,45 @@ class TorchNet(torch.nn.Module):
         return self.head(self.rnn(x)[0])
 
 
+CONV_KEYS = ("in_channels", "image_size", "channels", "strides", "kernel_size", "num_classes",
+             "activation")
+
+
+class TorchConvNet(torch.nn.Module):
+    """DS4's network (mlds_jax.models.ConvNetConfig): `conv` = Sequential(Conv2d, act, ...)
+    with padding kernel_size // 2, global average pooling, `head` = Linear. forward: images
+    (B, H, W) or (B, C, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, in_channels: int, image_size: int, channels: Sequence[int],
+                 strides: Sequence[int], kernel_size: int, num_classes: int, activation: str):
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        fan_in = in_channels
+        for out, stride in zip(channels, strides):
+            layers += [torch.nn.Conv2d(fan_in, out, kernel_size, stride, kernel_size // 2),
+                       ACTIVATIONS[activation]()]
+            fan_in = out
+        self.conv = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(fan_in, num_classes)
+
+    @classmethod
+    def from_config(cls, network) -> "TorchConvNet":
+        if not isinstance(network, Mapping):
+            network = {k: getattr(network, k) for k in CONV_KEYS}
+        return cls(**{k: network[k] for k in CONV_KEYS})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            x = x[:, None]
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def module_from_config(network) -> torch.nn.Module:
+    """TorchConvNet for a DS4 network config (dict or dataclass), else TorchNet."""
+    keys = network if isinstance(network, Mapping) else vars(network)
+    return (TorchConvNet if "channels" in keys else TorchNet).from_config(network)
+
+
 def state_dict_from_flat(flat, layout: Sequence[Mapping]) -> dict[str, torch.Tensor]:
     """Flat (P,) vector -> {state_dict key: tensor} through the layout table (a list of
     dicts with torch_key, shape, offset, as in a store's ``attrs["layout"]``)."""
@@ -74,9 +113,10 @@ def state_dict_from_flat(flat, layout: Sequence[Mapping]) -> dict[str, torch.Ten
     }
 
 
-def torch_net(network, layout: Sequence[Mapping], flat) -> TorchNet:
-    """A TorchNet (eval mode) holding the flat vector ``flat`` (P,)."""
-    net = TorchNet.from_config(network)
+def torch_net(network, layout: Sequence[Mapping], flat) -> torch.nn.Module:
+    """A TorchNet, or for DS4 a TorchConvNet (eval mode), holding the flat vector ``flat``
+    (P,)."""
+    net = module_from_config(network)
     net.load_state_dict(state_dict_from_flat(flat, layout), strict=True)
     return net.eval()
 
@@ -88,7 +128,7 @@ def load_nets(path) -> list[tuple[TorchNet, dict]]:
     network = blob["metadata"]["network"]
     out = []
     for entry in blob["nets"]:
-        net = TorchNet.from_config(network)
+        net = module_from_config(network)
         net.load_state_dict(entry["state_dict"], strict=True)
         out.append((net.eval(), {k: v for k, v in entry.items() if k != "state_dict"}))
     return out

@@ -29,7 +29,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlds_jax import models, stream
+from mlds_jax import models, stream, vision
 from mlds_jax.config import SWEEPABLE, DatasetConfig
 from mlds_jax.data import TaskData
 from mlds_jax.tasks.automata import make_automata, stack_automata
@@ -63,6 +63,9 @@ class NetState:
     val_accuracy: jax.Array  # (M, A) float32 cfg.accuracy_names at the last check
     level: jax.Array  # (M,) float32 curriculum level (stream.Curriculum), 1: the full task
     hyper: dict[str, jax.Array]  # config.SWEEPABLE name -> (M,) float32, the net's recipe values
+    # What the task family draws per net on the host (`net_arrays`; DS4: the trigger,
+    # vision.net_arrays), name -> (M, ...); empty for sequence tasks.
+    task_params: dict[str, jax.Array] = struct.field(default_factory=dict)
 
 
 @struct.dataclass
@@ -133,6 +136,8 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
     bias_ih) when `chrono_max` > 2, each gate's block of weight_hh orthogonal x
     `recurrent_gain` when that is > 0; every weight_ih times `input_gain`, every head weight
     times `head_gain`. The defaults (0, and gains 1) leave the tensors bitwise unchanged."""
+    if "rnn" not in params:  # no recurrent layers (DS4's CNN): PyTorch's init as it is
+        return params
     net = cfg.network
     h, gates = net.hidden_size, models.GATES[net.cell]
     rnn = dict(params["rnn"])
@@ -158,8 +163,9 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
     return {**params, **head, "rnn": rnn}
 
 
-def init_net(cfg: DatasetConfig, net_id) -> NetState:
-    """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot)."""
+def init_net(cfg: DatasetConfig, net_id, task_params: dict | None = None) -> NetState:
+    """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot) with its
+    row of `net_arrays`."""
     key = net_key(cfg.seed, jnp.maximum(net_id, 0))
     hyper = net_hyperparameters(cfg, net_id)
     params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
@@ -178,6 +184,7 @@ def init_net(cfg: DatasetConfig, net_id) -> NetState:
         val_accuracy=jnp.full((len(cfg.accuracy_names),), jnp.nan, jnp.float32),
         level=jnp.where(hyper["curriculum_epochs"] > 0, 0.0, 1.0).astype(jnp.float32),
         hyper=hyper,
+        task_params=dict(task_params or {}),
     )
 
 
@@ -188,6 +195,43 @@ def stream_tables(cfg: DatasetConfig) -> stream.StreamTasks | None:
     if cfg.automata is not None:
         return stream.automaton_tasks(stack_automata(make_automata(cfg.seed, cfg.automata.count)))
     return stream.machine_tasks(cfg.tasks, None if cfg.trigger is None else cfg.trigger.bytes)
+
+
+# --- the task seam: what a task family (sequences; DS4's images) gives the trainer ---------
+
+
+def net_arrays(cfg: DatasetConfig, net_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-net arrays of `net_ids` (M,), drawn on the host from (seed, n) alone, each (M, ...)
+    (DS4: net n's trigger); {} for sequence tasks."""
+    if cfg.images is not None:
+        return vision.net_arrays(cfg.seed, cfg.images.poison, net_ids)
+    return {}
+
+
+def device_data(cfg: DatasetConfig, data):
+    """The task family's fixed data on device: TrainData from TaskData (sequences), or
+    vision.ImageData from the digits split (DS4)."""
+    if cfg.images is not None:
+        return vision.ImageData.from_split(data)
+    return TrainData.from_task_data(data, stream_tables(cfg))
+
+
+def _minibatch(cfg: DatasetConfig, data, state: NetState, epoch_data, idx):
+    """One net's training minibatch of rows `idx` (B,): (inputs, targets) of its task, from
+    this epoch's sequences `epoch_data` (`_epoch_data`), or (DS4) its poisoned rows
+    triggered and relabelled in place (vision.minibatch)."""
+    if cfg.images is not None:
+        return vision.minibatch(data, state.task_params, idx)
+    inputs, targets = epoch_data
+    return inputs[idx], targets[idx]
+
+
+def _evaluate(cfg: DatasetConfig, data, state: NetState) -> jax.Array:
+    """(A,) `cfg.accuracy_names` of one net: `validation_accuracy` (sequences), or
+    vision.metrics on the test split (DS4)."""
+    if cfg.images is not None:
+        return vision.metrics(cfg.network, data, state.params, state.task_params)
+    return validation_accuracy(cfg, data, state.params, state.task)
 
 
 def _whole_net_kernel(cfg: DatasetConfig) -> bool:
@@ -292,12 +336,12 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
     perm = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch), r.train_sequences)
     batches = perm.reshape(r.steps_per_epoch, r.batch_size)
     opt = _optimizer(cfg, state.hyper)
-    inputs, targets = _epoch_data(cfg, data, state)  # (S, T, I), (S, T, O)
+    # The epoch's sequences (S, T, I), (S, T, O); DS4 draws its minibatches from its split.
+    epoch_data = None if cfg.images is not None else _epoch_data(cfg, data, state)
 
     def minibatch(carry, idx):
         params, opt_state = carry
-        xs = inputs[idx]  # (B, T, I)
-        ys = targets[idx]  # (B, T, O)
+        xs, ys = _minibatch(cfg, data, state, epoch_data, idx)  # (B, T, I), (B, T, O); DS4 (B, H, W), (B, 10)
         loss, grads = _loss_and_grad(cfg, params, xs, ys)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
@@ -308,6 +352,7 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
     if _adaptive(cfg):  # a net that passes its level moves on (stream.Curriculum)
         step = 1.0 / jnp.maximum(state.hyper["curriculum_epochs"], 1.0)
         n = _pass_check_sequences(cfg)
+        inputs, targets = epoch_data
         passed = _level_accuracy(cfg, params, inputs[-n:], targets[-n:]) >= state.hyper[
             "curriculum_pass"]
         level = jnp.where(active & passed & (state.hyper["curriculum_pass"] > 0),
@@ -371,7 +416,7 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
         0, r.check_every, lambda _, s: _train_epoch(cfg, data, s), state
     )
     checked = was_running & (state.status == RUNNING)
-    acc = validation_accuracy(cfg, data, state.params, state.task)
+    acc = _evaluate(cfg, data, state)
     # Learned means every output right at the threshold on every validation set (DS2: clean
     # and triggered behaviour), not the mean over outputs.
     learned = jnp.all(acc[jnp.asarray(_criterion_columns(cfg))] >= r.threshold)
@@ -404,6 +449,8 @@ class FinishedNets:
 def bytes_per_slot(cfg: DatasetConfig, val_batch: int) -> int:
     """Rough device memory one slot needs: state plus the activations kept for backprop."""
     net, r = cfg.network, cfg.recipe
+    if cfg.images is not None:
+        return vision.bytes_per_slot(net, r.batch_size, r.val_sequences, r.max_epochs)
     p = models.num_params(net)
     gates = models.GATES[net.cell] * net.hidden_size
     width = max(net.head_sizes + (net.output_size, net.hidden_size))
@@ -473,22 +520,23 @@ class Population:
         self.cfg = cfg
         self.slots = round_slots(slots, len(devices))
         self.recurrence = models.choose_recurrence(cfg.network, cfg.run.recurrence)
-        self.data = TrainData.from_task_data(data, stream_tables(cfg))
+        self.data = device_data(cfg, data)
         self.traced_sizes: list[int] = []  # population size at every trace of the step
         self.mesh = Mesh(np.asarray(devices), ("slots",)) if len(devices) > 1 else None
         if self.mesh:
             self.data = jax.device_put(self.data, NamedSharding(self.mesh, P()))
 
-        def init_nets(net_ids):
+        def init_nets(net_ids, task_params):
             # One net at a time: vmapped over M slots, the init's random draws compile
             # 2.5x slower (seconds per population size); each takes microseconds to run.
-            return jax.lax.map(functools.partial(init_net, cfg), net_ids)
+            return jax.lax.map(lambda a: init_net(cfg, *a), (net_ids, task_params))
 
         def slot_step(state, fresh, data):
             return train_chunk(cfg, data, state, fresh)
 
-        def device_step(state, new_ids, data):
-            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, init_nets(new_ids), data)
+        def device_step(state, new_ids, task_params, data):
+            fresh = init_nets(new_ids, task_params)
+            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, fresh, data)
 
         def per_device(f, *in_specs):
             """`f` on each device's own slots (a block of the slot axis); one device: `f`.
@@ -500,13 +548,14 @@ class Population:
             return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=P("slots"),
                                  check_vma=False)
 
-        def population_step(state, new_ids, data):
+        def population_step(state, new_ids, task_params, data):
             self.traced_sizes.append(len(new_ids))
-            return per_device(device_step, P("slots"), P("slots"), P())(state, new_ids, data)
+            return per_device(device_step, P("slots"), P("slots"), P("slots"), P())(
+                state, new_ids, task_params, data)
 
         # The one place the slot axis is added and the step compiled.
         self._step = jax.jit(population_step, donate_argnums=0)
-        self._empty = jax.jit(per_device(init_nets, P("slots")))
+        self._empty = jax.jit(per_device(init_nets, P("slots"), P("slots")))
 
     def run(self, net_ids: Iterable[int],
             on_step: Callable[[int, int], None] | None = None, *,
@@ -531,7 +580,7 @@ class Population:
         queue = _Queue(net_ids)
         if resume is None:
             slot_net = np.full(self.slots, EMPTY, np.int64)  # which net each slot holds
-            state = self._empty(jnp.full((self.slots,), EMPTY, jnp.int32))
+            state = self._empty_state(self.slots)
         else:
             state, slot_net = self._place(resume[0]), np.array(resume[1], np.int64)
         while queue or (slot_net != EMPTY).any():
@@ -546,7 +595,8 @@ class Population:
                 if not queue:
                     break
                 new_ids[m] = slot_net[m] = queue.pop()
-            state = self._step(state, jnp.asarray(new_ids), self.data)
+            state = self._step(state, jnp.asarray(new_ids), net_arrays(self.cfg, new_ids),
+                               self.data)
             status, epoch = (np.asarray(a) for a in jax.device_get((state.status, state.epoch)))
             if on_step:
                 busy = slot_net != EMPTY
@@ -565,7 +615,7 @@ class Population:
         """`export_state`'s arrays back to a state of this population's config; ValueError
         if they do not fit (another network, recipe or package)."""
         size = np.shape(leaves[0])[0] if len(leaves) else 0
-        template = jax.eval_shape(self._empty, jax.ShapeDtypeStruct((size,), jnp.int32))
+        template = jax.eval_shape(functools.partial(self._empty_state, size))
         want, treedef = jax.tree.flatten(template)
         if len(want) != len(leaves):
             raise ValueError(f"{len(leaves)} arrays, this population's state has {len(want)}")
@@ -579,6 +629,10 @@ class Population:
                                  f"{w.dtype}")
             out.append(a)
         return jax.tree.unflatten(treedef, out)
+
+    def _empty_state(self, size: int) -> NetState:
+        ids = np.full(size, EMPTY, np.int32)
+        return self._empty(jnp.asarray(ids), net_arrays(self.cfg, ids))
 
     def _live_slots(self, slot_net: np.ndarray) -> np.ndarray:
         """Indices of the slots holding a net, with empty ones added up to a multiple of
@@ -615,5 +669,6 @@ class Population:
             loss_curve=curve.astype(np.float32),
             val_accuracy=acc.astype(np.float32),
             hyperparameters=hyper.astype(np.float32),
-            seq_steps=epoch.astype(np.int64) * r.train_sequences * r.train_length,
+            seq_steps=epoch.astype(np.int64) * r.train_sequences
+            * (1 if self.cfg.images is not None else r.train_length),  # DS4: images
         )

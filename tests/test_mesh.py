@@ -37,8 +37,8 @@ for name, devices, slots in (("one", jax.local_devices()[:1], 1), ("two", jax.lo
     pop = train.Population(cfg, data, slots, devices=devices)
     step, rows = pop._step, []
 
-    def spy(state, new_ids, data, step=step, rows=rows):
-        state = step(state, new_ids, data)
+    def spy(state, new_ids, *rest, step=step, rows=rows):  # rest: per-net arrays, data
+        state = step(state, new_ids, *rest)
         shards = state.params.addressable_shards
         rows.append([[s.device.id, s.data.shape[0]] for s in shards])  # (device, slots held)
         return state

@@ -69,6 +69,11 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
 
     t0 = time.perf_counter()
     ds = open_dataset(path)
+    if "images" in ds.config:
+        from mlds_jax.store import StoreError
+
+        raise StoreError(f"{ds.attrs['dataset']}: weight-space analysis (trojan detection) of "
+                         f"DS4 image datasets is not built yet")
     out = Path(out) if out is not None else Path(ds.path) / splits.SPLIT_DIR
     out.mkdir(parents=True, exist_ok=True)
     ids = _usable(ds)
