@@ -293,6 +293,7 @@ class DatasetConfig:
                 if key not in SWEEPABLE:
                     raise ConfigError(f"{where}: recipe.{key} cannot vary per net or task "
                                       f"(these can: {', '.join(SWEEPABLE)})")
+        for point in self.sweep:
             self.point_recipe(point)  # each point must be a valid recipe
         if self.images is not None:
             self._check_images()
@@ -312,7 +313,9 @@ class DatasetConfig:
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         for name, _ in self.task_recipes:
-            if name not in self.task_names:
+            # A machine this dataset leaves out (a study of two machines, DS3 on DS1's
+            # recipe) keeps its table unused; anything else is a typo.
+            if name not in self.task_names and name not in MACHINES:
                 close = difflib.get_close_matches(name, self.task_names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"recipe.task.{name}: not a task of this dataset{hint}")
