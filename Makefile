@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py --mean-epochs 325
+	$(BIN)/python benchmarks/throughput.py --learnability benchmarks/learnability-ds1.json
 
 # DS3 (LSTM 4x64): the whole-net kernel and XLA's recurrence at a few population sizes, the
 # matmul ceiling, and the 10,000-net projection at the DS3 recipe's measured mean epochs
