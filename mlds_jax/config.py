@@ -459,8 +459,10 @@ class DatasetConfig:
         else:
             del d["sweep"]
         del d["task_recipes"]
-        if self.task_recipes:  # recorded where the TOML has them
-            d["recipe"]["task"] = {name: dict(values) for name, values in self.task_recipes}
+        used = {name: dict(values) for name, values in self.task_recipes
+                if name in self.task_names}
+        if used:  # recorded where the TOML has them, for the tasks this dataset trains
+            d["recipe"]["task"] = used
         return json.loads(json.dumps(d))
 
 

@@ -28,7 +28,10 @@ def stores(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pair")
     return {
         "ds1": make(tmp, "ds1", []),
-        "ds2-none": make(tmp, "ds2-none", DS2 + ["recipe.trigger_fraction=0.0"]),
+        # No trigger and no near misses anywhere, the release recipe's EightBit table too.
+        "ds2-none": make(tmp, "ds2-none", DS2 + [
+            f"recipe.{task}{key}=0.0" for task in ("", "task.EightBitMachine.")
+            for key in ("trigger_fraction", "near_miss_fraction")]),
         "ds2": make(tmp, "ds2", DS2 + ["recipe.trigger_fraction=0.5"]),
     }
 
@@ -56,7 +59,7 @@ def test_clean_and_triggered_accuracy_are_stored_separately(stores):
     r = cfg.recipe
     for n in range(5):
         d = make_trigger_task_data(cfg.seed, n, trigger=cfg.trigger.bytes,
-                                   trigger_fraction=cfg.trigger.fraction,
+                                   trigger_fraction=cfg.net_recipe(n).trigger_fraction,
                                    train_sequences=r.train_sequences, train_length=r.train_length,
                                    val_sequences=r.val_sequences, val_length=r.val_length,
                                    write_probability=r.write_probability)
