@@ -144,7 +144,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="directory for the arms' stores")
     ap.add_argument("--per-task", type=int, required=True,
                     help="nets per task per arm (a multiple of the sweep's points)")
-    ap.add_argument("--cap", type=int, help="epoch cap (recipe.max_epochs)")
+    ap.add_argument("--cap", type=int, help="epoch cap of every net (recipe.max_epochs and "
+                    "the [recipe.task.NAME] tables' max_epochs)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override for every arm (repeatable)")
     ap.add_argument("--arm", action="append", default=[],
@@ -159,8 +160,11 @@ def main() -> None:
     from mlds_jax.generate import generate
 
     common = list(args.overrides)
-    if args.cap:
+    if args.cap:  # every net's cap, the per-task tables' too (an arm may still set its own)
         common.append(f"recipe.max_epochs={args.cap}")
+        common += [f"recipe.task.{name}.max_epochs={args.cap}" for name, values
+                   in load_config(args.config, args.overrides).task_recipes
+                   if "max_epochs" in dict(values)]
     if args.sweep:
         common.append(f"sweep={args.sweep}")
     rows = []
@@ -171,7 +175,7 @@ def main() -> None:
         path = Path(args.out) / (re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") + ".zarr")
         if args.dry_run:
             print(f"{label}: {cfg.num_tasks * args.per_task} nets, {len(cfg.grid)} sweep "
-                  f"points, cap {cfg.recipe.max_epochs} -> {path}")
+                  f"points, cap {cfg.max_cap} -> {path}")
             continue
         t0 = time.perf_counter()
         last = [t0]

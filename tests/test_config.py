@@ -126,9 +126,11 @@ def test_per_task_recipe_values_then_sweep(tmp_path):
     assert cfg.net_recipe(parity + cfg.num_tasks).learning_rate == 0.02
     table = cfg.hyperparameter_table()
     assert table["max_epochs"][parity] == [4000.0, 4000.0] and table["max_epochs"][0] == [1000.0] * 2
-    # Recorded in the identity as the TOML has them, and read back the same.
-    assert cfg.identity()["recipe"]["task"] == {"ParityMachine": {"max_epochs": 4000.0,
-                                                                  "learning_rate": 0.003}}
+    # Recorded in the identity as the TOMLs have them (this file's values over ds1's table
+    # for the same task; ds1's other tables kept), and read back the same.
+    tables, base = cfg.identity()["recipe"]["task"], load_config("ds1").identity()["recipe"]["task"]
+    assert tables == {**base, "ParityMachine": {**base["ParityMachine"], "max_epochs": 4000.0,
+                                                "learning_rate": 0.003}}
     assert from_dict(cfg.identity()) == dataclasses.replace(cfg, run=from_dict(
         cfg.identity()).run)
 
@@ -139,9 +141,11 @@ def test_per_task_and_stream_errors_name_the_key():
     with pytest.raises(ConfigError, match="recipe.train_length cannot vary"):
         load_config("ds1", ["recipe.task.ParityMachine.train_length=10"])
     with pytest.raises(ConfigError, match="start_popcount needs recipe.train_data"):
-        load_config("ds1", ["recipe.start_popcount=1"])
+        load_config("ds1", ['recipe.train_data="fixed"', "recipe.start_popcount=1"])
     with pytest.raises(ConfigError, match="trigger_fraction can differ per net or task only"):
-        load_config("ds2", ["recipe.task.ParityMachine.trigger_fraction=0.5"])
+        raw = load_config("ds2").identity()  # DS2 on fixed data, one task table only
+        raw["recipe"].update(train_data="fixed", task={"ParityMachine": {"trigger_fraction": 0.5}})
+        from_dict(raw)
     with pytest.raises(ConfigError, match="trigger.fraction is now recipe.trigger_fraction"):
         load_config("ds2", ["trigger.fraction=0.5"])
     with pytest.raises(ConfigError, match="max_epochs must be a whole number"):

@@ -1,6 +1,9 @@
 """DS3 end to end on a tiny store: automata stored with the dataset, LSTM nets trained with
 softmax cross-entropy, symbol accuracy recomputed independently with PyTorch."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +161,39 @@ def test_info_shows_the_converged_share_per_automaton_size(store):
         assert (r["finished"], r["converged"]) == (len(mine), int((status[mine] == 1).sum()))
     out = CliRunner().invoke(main, ["info", str(ds.path)])
     assert out.exit_code == 0 and "by automaton size" in out.output
+
+
+def _replay_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ds3_replay", "benchmarks/ds3_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replay_check_reproduces_the_stored_validation(store):
+    """benchmarks/ds3_replay.py's own LSTM (torch layers filled through the stored layout)
+    and its own replay of the stored automaton tables give, on the validation set, exactly
+    the symbol accuracy the trainer stored; run as a user runs it, it scores every net."""
+    cfg, ds = store
+    replay = _replay_module()
+    r, tables = cfg.recipe, ds.store.tables()
+    for n in range(len(ds)):
+        a = int(ds.task[n])
+        d = make_automaton_task_data(cfg.seed, a, train_sequences=r.train_sequences,
+                                     train_length=r.train_length, val_sequences=r.val_sequences,
+                                     val_length=r.val_length)
+        symbols = d.val_inputs.argmax(-1)
+        want = replay.replay(tables["automaton_transitions"][a], tables["automaton_outputs"][a],
+                             int(tables["automaton_start"][a]), symbols)
+        np.testing.assert_array_equal(want, d.val_targets.argmax(-1))
+        net = replay.torch_lstm_net(ds.config["network"], ds.layout, np.asarray(ds.weights[n]))
+        with torch.no_grad():
+            right = net(torch.tensor(d.val_inputs)).argmax(-1).numpy() == want
+        np.testing.assert_allclose(ds.val_accuracy[n], [right.mean(), right.all(axis=1).mean()],
+                                   atol=1e-6)
+    proc = subprocess.run([sys.executable, "benchmarks/ds3_replay.py", str(ds.path), "--nets",
+                           "all", "--sequences", "16"], capture_output=True, text=True, check=True)
+    assert f"{len(ds)} nets (all), 16 fresh sequences of {4 * r.train_length} steps" in proc.stdout
+    assert proc.stdout.count("\n| ") == len(ds) + 1  # the header and one row per net
