@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlds_jax import train, vision
-from mlds_jax.config import load_config
+from mlds_jax.train import population as train, vision
+from mlds_jax.config.dataset import load_config
 
 FLOPS_PER_IMAGE_STEP = 3 * 2 * 55_456
 PROJECTION_NETS = 10_000
@@ -56,7 +56,7 @@ def torch_rates(cfg, n_nets: int, seconds: float) -> dict[str, float]:
     import torch
     from torch.func import functional_call, grad, stack_module_state
 
-    from mlds_jax.torch_export import TorchConvNet
+    from mlds_jax.research.torch_export import TorchConvNet
 
     split = vision.split_of(cfg.seed)
     x = torch.from_numpy(split.train_images)

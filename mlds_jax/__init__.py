@@ -14,7 +14,7 @@ def __getattr__(name: str):
     # The reader (and zarr under it) loads on first use, so `import mlds_jax` and the `mlds`
     # entry point start at once (mlds_jax._entry handles a stop during the heavy imports).
     if name in ("Dataset", "TaskSummary", "open_dataset"):
-        from mlds_jax import reader
+        from mlds_jax.research import reader
 
         return getattr(reader, name)
     raise AttributeError(f"module 'mlds_jax' has no attribute {name!r}")

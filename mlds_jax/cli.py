@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from mlds_jax.config import ConfigError, load_config
-from mlds_jax.store import StoreError
+from mlds_jax.config.dataset import ConfigError, load_config
+from mlds_jax.store.dataset_store import StoreError
 
 
 class _Fail(click.ClickException):
@@ -96,7 +96,7 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
         cfg = load_config(config, overrides)
     except ConfigError as e:
         raise _Fail(str(e)) from None
-    from mlds_jax.models import choose_recurrence
+    from mlds_jax.train.models import choose_recurrence
 
     try:
         recurrence = choose_recurrence(cfg.network, cfg.run.recurrence)
@@ -198,7 +198,7 @@ def info(path):
     from rich.console import Console
     from rich.table import Table
 
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.reader import open_dataset
 
     try:
         ds = open_dataset(path)
@@ -229,7 +229,7 @@ def info(path):
         )
     Console(width=160).print(table)
     if "automata" in cfg:  # DS3: how learnability goes with the automaton's size
-        from mlds_jax.reader import size_bin_summary
+        from mlds_jax.research.reader import size_bin_summary
 
         bins = Table(title="by automaton size (states)")
         for col in ("states", "automata", "finished", "converged", "median epochs"):
@@ -350,7 +350,7 @@ def _id_range(value):
 
 
 def _open(path):
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.reader import open_dataset
 
     try:
         return open_dataset(path)
@@ -374,8 +374,8 @@ def export(path, out, selection, fmt, initial, overwrite):
     layout and each net's metadata (npz, safetensors, or a PyTorch .pt of state_dicts)."""
     from pathlib import Path
 
-    from mlds_jax import export as ex
-    from mlds_jax.reader import SelectionError
+    from mlds_jax.research import export as ex
+    from mlds_jax.research.reader import SelectionError
 
     ds = _open(path)
     try:
@@ -398,7 +398,7 @@ def export(path, out, selection, fmt, initial, overwrite):
 def card(path, out):
     """Write the dataset card into the store at PATH: README.md (what it is, how it was
     trained, counts, learnability, layout, licence, citation) and figures/*.png."""
-    from mlds_jax.card import write_card
+    from mlds_jax.research.card import write_card
 
     ds = _open(path)
     try:
@@ -413,7 +413,7 @@ def card(path, out):
 def verify(path):
     """Re-read every chunk of the store at PATH: checksums, non-finite weights,
     status/epochs consistency. One line per problem, then a summary; exit 1 if any."""
-    from mlds_jax.verify import verify as run_verify
+    from mlds_jax.store.verify import verify as run_verify
 
     try:
         report = run_verify(path)
@@ -433,7 +433,7 @@ def pack(path, unpack):
     """Store the weights of the finished store at PATH as one [N, P] block each, so that
     open_dataset(PATH).weights_memmap() maps them zero-copy. `mlds generate` does this when a
     store is complete and undoes it before extending one; --unpack undoes it by hand."""
-    from mlds_jax.rawrows import pack as run_pack
+    from mlds_jax.store.rawrows import pack as run_pack
 
     try:
         done = run_pack(path, unpack=unpack)
@@ -454,7 +454,7 @@ def release(path, tiers, out, unpack):
     """Write each tier of the finished store at PATH (the first K x TIER nets, K tasks) as one
     reproducible zip, OUT/NAME-TIER.zarr.zip, readable in place, and their SHA-256 in
     OUT/SHA256SUMS (check with `sha256sum -c SHA256SUMS` in OUT)."""
-    from mlds_jax import release as rel
+    from mlds_jax.research import release as rel
 
     try:
         if unpack:

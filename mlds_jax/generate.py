@@ -19,23 +19,30 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import __version__, models, vision
-from mlds_jax.config import SWEEPABLE, DatasetConfig
-from mlds_jax.data import (
+from mlds_jax import __version__
+from mlds_jax.train import models, vision
+from mlds_jax.config.dataset import SWEEPABLE, DatasetConfig
+from mlds_jax.train.data import (
     TaskData,
     make_automaton_dataset_data,
     make_dataset_data,
     make_trigger_dataset_data,
 )
-from mlds_jax.checkpoint import Checkpoints, Saved
-from mlds_jax.leases import Claims, Leases
-from mlds_jax.rawrows import pack
+from mlds_jax.store.checkpoint import Checkpoints, Saved
+from mlds_jax.store.leases import Claims, Leases
+from mlds_jax.store.rawrows import pack
 from mlds_jax.signals import stop_signals
-from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
+from mlds_jax.store.dataset_store import (
+    WEIGHT_ARRAYS,
+    DamagedStoreError,
+    DatasetStore,
+    StoreError,
+    row_bytes,
+)
 from mlds_jax.tasks import digits
 from mlds_jax.tasks.automata import make_automata, stack_automata
-from mlds_jax.train import EMPTY, FinishedNets, Population, choose_slots
-from mlds_jax.verify import verify as verify_store
+from mlds_jax.train.population import EMPTY, FinishedNets, Population, choose_slots
+from mlds_jax.store.verify import verify as verify_store
 
 
 def task_data(cfg: DatasetConfig) -> list[TaskData] | digits.DigitsSplit:

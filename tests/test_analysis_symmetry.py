@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlds_jax import models
+from mlds_jax.train import models
 from mlds_jax.analysis.symmetry import Symmetries
 
 CONFIGS = {

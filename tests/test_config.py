@@ -2,7 +2,14 @@ import dataclasses
 
 import pytest
 
-from mlds_jax.config import CONFIG_DIR, ConfigError, DatasetConfig, Recipe, from_dict, load_config
+from mlds_jax.config.dataset import (
+    CONFIG_DIR,
+    ConfigError,
+    DatasetConfig,
+    Recipe,
+    from_dict,
+    load_config,
+)
 from mlds_jax.tasks.machines import MACHINES
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mlds_jax.data import (
+from mlds_jax.train.data import (
     TaskData,
     TriggerTaskData,
     make_automaton_dataset_data,

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import mlds_jax
-from mlds_jax import cpu_kernel
+from mlds_jax.train import cpu_kernel
 from mlds_jax import generate as gen
-from mlds_jax.config import ConfigError, load_config
-from mlds_jax.data import make_automaton_task_data
+from mlds_jax.config.dataset import ConfigError, load_config
+from mlds_jax.train.data import make_automaton_task_data
 from mlds_jax.tasks.automata import make_automaton, run_automaton
 from tests.torch_reference import torch_net
 
@@ -78,7 +78,7 @@ def test_ds3_config_rules():
 def test_ds3_trains_on_the_whole_net_kernel_on_a_cpu():
     """`mlds generate ds3` on a CPU with a compiler: one kernel call per net and minibatch
     (training and validation), not XLA's recurrence."""
-    from mlds_jax import models, train
+    from mlds_jax.train import models, population as train
 
     cfg = load_config("ds3")
     if not cpu_kernel.available():
@@ -103,7 +103,7 @@ def test_training_equals_torch_adam_on_same_order(recurrence):
     CPU with a compiler) and on XLA's recurrence."""
     import jax
 
-    from mlds_jax import models, train
+    from mlds_jax.train import models, population as train
     from mlds_jax.generate import task_data
 
     cfg = load_config("ds3", ADAM + [f"run.recurrence={recurrence}"])
@@ -144,7 +144,7 @@ def test_info_shows_the_converged_share_per_automaton_size(store):
     from click.testing import CliRunner
 
     from mlds_jax.cli import main
-    from mlds_jax.reader import size_bin_summary
+    from mlds_jax.research.reader import size_bin_summary
 
     cfg, ds = store
     states = [make_automaton(11, a).n_states for a in range(3)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import train
+from mlds_jax.train import population as train
 
 N_NETS = 5  # odd: 3 slots are rounded up to 4 on two devices, 4 -> 2 when compacted
 # The smoke config with test_train's tiny recipe: nets stop at different checks (threshold

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlds_jax import stream
-from mlds_jax.config import load_config
+from mlds_jax.train import stream
+from mlds_jax.config.dataset import load_config
 from mlds_jax.tasks.automata import make_automaton, run_automaton, stack_automata
 from mlds_jax.tasks.machines import MACHINES, bits_to_bytes, run_machine
 from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_completions
@@ -102,7 +102,7 @@ def test_length_curriculum_grades_a_prefix():
 
 
 def test_masked_steps_add_nothing_to_the_loss_or_gradient():
-    from mlds_jax import models
+    from mlds_jax.train import models
     cfg = load_config("smoke", ["recipe.train_data=\"stream\""])
     net = cfg.network
     flat = models.flatten_params(models.init_params(net, jax.random.key(0)),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlds_jax import models, train
-from mlds_jax.config import SWEEPABLE, DatasetConfig, Recipe, RunOptions, load_config
+from mlds_jax.train import models, population as train
+from mlds_jax.config.dataset import SWEEPABLE, DatasetConfig, Recipe, RunOptions, load_config
 from mlds_jax.generate import task_data
 from tests.torch_reference import torch_net
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlds_jax.models import NetworkConfig, param_layout
-from mlds_jax.torch_export import TorchNet as _TorchNet
-from mlds_jax.torch_export import torch_net as _torch_net
+from mlds_jax.train.models import NetworkConfig, param_layout
+from mlds_jax.research.torch_export import TorchNet as _TorchNet
+from mlds_jax.research.torch_export import torch_net as _torch_net
 
 
 def TorchNet(cfg: NetworkConfig) -> _TorchNet:  # noqa: N802 (stands where a class stood)

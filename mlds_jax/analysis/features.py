@@ -50,7 +50,7 @@ def functional_features(network: dict, w: np.ndarray, probes: np.ndarray, *,
     import jax
     import jax.numpy as jnp
 
-    from mlds_jax import models
+    from mlds_jax.train import models
 
     cfg = models.NetworkConfig(**{k: (tuple(v) if k == "head_sizes" else v)
                                   for k, v in network.items()

@@ -65,12 +65,12 @@ def analyze(path, *, paired=None, out=None, seed: int = splits.DEFAULT_SEED,
 
 
 def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict:
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.reader import open_dataset
 
     t0 = time.perf_counter()
     ds = open_dataset(path)
     if "images" in ds.config:
-        from mlds_jax.store import StoreError
+        from mlds_jax.store.dataset_store import StoreError
 
         raise StoreError(f"{ds.attrs['dataset']}: weight-space analysis (trojan detection) of "
                          f"DS4 image datasets is not built yet")
@@ -139,7 +139,7 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
             "raw": splits.normalization(enc["raw"][train]),
             "canonical": splits.normalization(enc["canonical"][train])})
         if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
-            from mlds_jax.card import write_card
+            from mlds_jax.research.card import write_card
 
             write_card(ds)
     log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
@@ -194,7 +194,7 @@ def _projection_figure(enc, task, task_names, path: Path, title: str) -> None:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from mlds_jax.store import write_atomic
+    from mlds_jax.store.dataset_store import write_atomic
 
     panels = ("raw", "canonical", "aligned", "functional")
     fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")

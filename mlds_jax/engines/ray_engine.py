@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mlds_jax import generate as gen
-from mlds_jax.config import DatasetConfig
-from mlds_jax.leases import LEASES
+from mlds_jax.config.dataset import DatasetConfig
+from mlds_jax.store.leases import LEASES
 from mlds_jax.signals import stop_signals
-from mlds_jax.store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore, StoreError
 
 
 class EngineError(StoreError):

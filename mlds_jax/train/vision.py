@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mlds_jax import models
+from mlds_jax.train import models
 from mlds_jax.tasks import digits
 
 

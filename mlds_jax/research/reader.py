@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from mlds_jax.rawrows import RawRows
-from mlds_jax.store import (
+from mlds_jax.store.rawrows import RawRows
+from mlds_jax.store.dataset_store import (
     STATUS_NAMES,
     STATUS_PENDING,
     WEIGHT_ARRAYS,
@@ -221,7 +221,7 @@ class Dataset:
         """Net `n` as a ``torch.nn.Module`` (``mlds_jax.torch_export.TorchNet``, eval mode):
         (B, T, input_size) or (T, input_size) -> logits (..., T, output_size), the same
         outputs as the JAX model. Needs torch (``pip install 'mlds-jax[torch]'``)."""
-        from mlds_jax.torch_export import torch_net
+        from mlds_jax.research.torch_export import torch_net
 
         return torch_net(self.network, self.layout, self._row(n, initial))
 

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlds_jax import cpu_kernel
-from mlds_jax.cpu_kernel import mean_loss  # noqa: F401 (the losses, shared with the kernel)
+from mlds_jax.train import cpu_kernel
+from mlds_jax.train.cpu_kernel import mean_loss  # noqa: F401 (the losses, shared with the kernel)
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,

@@ -48,7 +48,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 from zarr.storage import LocalStore
 
-from mlds_jax.store import (
+from mlds_jax.store.dataset_store import (
     WEIGHT_ARRAYS,
     DamagedStoreError,
     DatasetStore,

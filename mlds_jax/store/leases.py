@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax.store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore, StoreError
 
 LEASES = "leases"  # the folder in a store
 

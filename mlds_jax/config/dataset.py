@@ -20,11 +20,11 @@ import typing
 from collections.abc import Iterable
 from pathlib import Path
 
-from mlds_jax.models import ConvNetConfig, NetworkConfig
+from mlds_jax.train.models import ConvNetConfig, NetworkConfig
 from mlds_jax.tasks.machines import MACHINES
 from mlds_jax.tasks.triggers import MIN_TRIGGER_SEQUENCE, check_trigger
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(ValueError):

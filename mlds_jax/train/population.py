@@ -29,9 +29,9 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlds_jax import models, stream, vision
-from mlds_jax.config import SWEEPABLE, DatasetConfig
-from mlds_jax.data import TaskData
+from mlds_jax.train import models, stream, vision
+from mlds_jax.config.dataset import SWEEPABLE, DatasetConfig
+from mlds_jax.train.data import TaskData
 from mlds_jax.tasks.automata import make_automata, stack_automata
 
 # Per-net status codes; the store uses the same numbers for finished nets.

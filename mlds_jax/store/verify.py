@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from zarr.codecs import Crc32cCodec
 
-from mlds_jax.checkpoint import ORBAX_TMP
-from mlds_jax.rawrows import RawRows
-from mlds_jax.store import (
+from mlds_jax.store.checkpoint import ORBAX_TMP
+from mlds_jax.store.rawrows import RawRows
+from mlds_jax.store.dataset_store import (
     EXTRA_ENTRIES,
     NO_CHECKSUM,
     ROW_CHECKSUMS,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax.reader import Dataset
-from mlds_jax.store import (
+from mlds_jax.research.reader import Dataset
+from mlds_jax.store.dataset_store import (
     STATUS_CAPPED,
     STATUS_CONVERGED,
     STATUS_DIVERGED,
