@@ -9,7 +9,7 @@ import sys
 import click
 
 from mlds_jax.config.dataset import ConfigError, load_config
-from mlds_jax.store.dataset_store import StoreError
+from mlds_jax.store.schema import StoreError
 
 
 class _Fail(click.ClickException):

@@ -32,13 +32,8 @@ from mlds_jax.store.checkpoint import Checkpoints, Saved
 from mlds_jax.store.leases import Claims, Leases
 from mlds_jax.store.rawrows import pack
 from mlds_jax.signals import stop_signals
-from mlds_jax.store.dataset_store import (
-    WEIGHT_ARRAYS,
-    DamagedStoreError,
-    DatasetStore,
-    StoreError,
-    row_bytes,
-)
+from mlds_jax.store.schema import WEIGHT_ARRAYS, DamagedStoreError, StoreError, row_bytes
+from mlds_jax.store.dataset_store import DatasetStore
 from mlds_jax.tasks import digits
 from mlds_jax.tasks.automata import make_automata, stack_automata
 from mlds_jax.train.population import EMPTY, FinishedNets, Population, choose_slots

@@ -7,7 +7,7 @@ import numpy as np
 
 from mlds_jax import generate as gen
 from mlds_jax.config.dataset import SWEEPABLE, load_config
-from mlds_jax.store.dataset_store import STATUS_CAPPED, STATUS_CONVERGED, STATUS_DIVERGED
+from mlds_jax.store.schema import STATUS_CAPPED, STATUS_CONVERGED, STATUS_DIVERGED
 
 MAX_EPOCHS = 40  # smoke recipe with a longer cap, so epochs and loss curves vary
 CHECK_EVERY = 2  # the smoke recipe's

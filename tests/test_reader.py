@@ -15,7 +15,8 @@ from mlds_jax.train import models
 from mlds_jax.config.dataset import SWEEPABLE
 from mlds_jax.research.reader import SelectionError
 from mlds_jax.store.rawrows import pack
-from mlds_jax.store.dataset_store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import StoreError
 from tests.stores import build_store, plausible_rows, smoke_config
 
 N = 30  # chunks of 4 rows: 8 chunks, the last one half full

@@ -22,7 +22,7 @@ from mlds_jax.analysis.splits import split_of, write_splits
 from mlds_jax.research.card import write_card
 from mlds_jax.cli import main
 from mlds_jax.research.release import release
-from mlds_jax.store.dataset_store import ROW_CHECKSUMS, StoreError
+from mlds_jax.store.schema import ROW_CHECKSUMS, StoreError
 from mlds_jax.store.verify import verify
 from tests.stores import ROW_ARRAYS, build_store
 

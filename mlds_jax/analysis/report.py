@@ -70,7 +70,7 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
     t0 = time.perf_counter()
     ds = open_dataset(path)
     if "images" in ds.config:
-        from mlds_jax.store.dataset_store import StoreError
+        from mlds_jax.store.schema import StoreError
 
         raise StoreError(f"{ds.attrs['dataset']}: weight-space analysis (trojan detection) of "
                          f"DS4 image datasets is not built yet")
@@ -194,7 +194,7 @@ def _projection_figure(enc, task, task_names, path: Path, title: str) -> None:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from mlds_jax.store.dataset_store import write_atomic
+    from mlds_jax.store.schema import write_atomic
 
     panels = ("raw", "canonical", "aligned", "functional")
     fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")

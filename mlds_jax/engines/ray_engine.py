@@ -28,7 +28,8 @@ from mlds_jax import generate as gen
 from mlds_jax.config.dataset import DatasetConfig
 from mlds_jax.store.leases import LEASES
 from mlds_jax.signals import stop_signals
-from mlds_jax.store.dataset_store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import StoreError
 
 
 class EngineError(StoreError):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mlds_jax.research.reader import Dataset
-from mlds_jax.store.dataset_store import (
+from mlds_jax.store.schema import (
     STATUS_CAPPED,
     STATUS_CONVERGED,
     STATUS_DIVERGED,

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mlds_jax.research.reader import Dataset
-from mlds_jax.store.dataset_store import STATUS_NAMES, StoreError
+from mlds_jax.store.schema import STATUS_NAMES, StoreError
 
 FORMATS = {"npz": ".npz", "safetensors": ".safetensors", "torch": ".pt"}
 EXPORT_FORMAT_VERSION = 1

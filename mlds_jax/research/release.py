@@ -46,17 +46,16 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
-from mlds_jax.store.dataset_store import (
+from mlds_jax.store.schema import (
     ARRAY_NAMES,
     ROW_CHECKSUMS,
     STATUS_PENDING,
     TABLES,
     WEIGHT_ARRAYS,
-    DatasetStore,
     StoreError,
-    abandoned_creating_dirs,
-    creating_dir,
 )
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.disk import abandoned_creating_dirs, creating_dir
 
 SUMS = "SHA256SUMS"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: no build time in the bytes
@@ -237,7 +236,7 @@ def sha256_of(path: Path) -> str:
 def _update_sums(out_dir: Path, sums: dict[str, str]) -> None:
     """``SHA256SUMS`` in ``sha256sum``'s format: the archives written now replace their old
     lines, others' lines stay."""
-    from mlds_jax.store.dataset_store import write_atomic
+    from mlds_jax.store.schema import write_atomic
 
     path = out_dir / SUMS
     old = {}

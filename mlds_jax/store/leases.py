@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax.store.dataset_store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import StoreError
 
 LEASES = "leases"  # the folder in a store
 

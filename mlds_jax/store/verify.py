@@ -32,7 +32,7 @@ from zarr.codecs import Crc32cCodec
 
 from mlds_jax.store.checkpoint import ORBAX_TMP
 from mlds_jax.store.rawrows import RawRows
-from mlds_jax.store.dataset_store import (
+from mlds_jax.store.schema import (
     EXTRA_ENTRIES,
     NO_CHECKSUM,
     ROW_CHECKSUMS,
@@ -42,11 +42,11 @@ from mlds_jax.store.dataset_store import (
     STATUS_NAMES,
     STATUS_PENDING,
     WEIGHT_ARRAYS,
-    DatasetStore,
     DamagedStoreError,
-    abandoned_creating_dirs,
     row_crc32c,
 )
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.disk import abandoned_creating_dirs
 
 _SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "hyperparameters", "seq_steps",
           "status")
