@@ -5,7 +5,7 @@ attack success by trigger family and mapping (README "DS4", the recipe table).
         recipe.check_every=30
 """
 import sys, time, numpy as np
-from mlds_jax.config.dataset import load_config
+from mlds_jax.config.load import load_config
 from mlds_jax.train.population import Population
 from mlds_jax.train import vision
 from mlds_jax.tasks import digits

@@ -33,7 +33,7 @@ import numpy as np
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config.dataset import load_config
+from mlds_jax.config.load import load_config
 from mlds_jax.store.rawrows import pack
 
 

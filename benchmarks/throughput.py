@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 
 def bench_cfg(config: str, epoch_sequences: int, recurrence: str = "auto",
               overrides: tuple[str, ...] = ()):
-    from mlds_jax.config.dataset import load_config
+    from mlds_jax.config.load import load_config
 
     return load_config(config, [f"recipe.train_sequences={epoch_sequences}",
                                 "recipe.check_every=1", "recipe.max_epochs=1000",
@@ -67,14 +67,14 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
     import jax
     import jax.numpy as jnp
 
-    from mlds_jax.train import population as train
+    from mlds_jax.train import population, step
     from mlds_jax.generate import task_data
 
     cfg = bench_cfg(config, epoch_sequences, recurrence, overrides)
     r = cfg.recipe
     data = task_data(cfg)
-    pop = train.Population(cfg, data, slots)
-    epoch = jax.jit(jax.vmap(lambda s, d: train._train_epoch(cfg, d, s), in_axes=(0, None)),
+    pop = population.Population(cfg, data, slots)
+    epoch = jax.jit(jax.vmap(lambda s, d: step._train_epoch(cfg, d, s), in_axes=(0, None)),
                     donate_argnums=0)
     state = pop._empty(jnp.arange(slots, dtype=jnp.int32))
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mlds_jax.config.dataset import load_config
+    from mlds_jax.config.load import load_config
 
     release = load_config(args.config).recipe
     rows, seen = [], set()

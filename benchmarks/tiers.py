@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 def one_tier(per_task: int, epochs: int, out: str) -> dict:
-    from mlds_jax.config.dataset import load_config
+    from mlds_jax.config.load import load_config
     from mlds_jax.generate import generate
 
     # Every net must train exactly `epochs` epochs, also where the release recipe gives a

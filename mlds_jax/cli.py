@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from mlds_jax.config.dataset import ConfigError, load_config
+from mlds_jax.config.sections import ConfigError
+from mlds_jax.config.load import load_config
 from mlds_jax.store.schema import StoreError
 
 

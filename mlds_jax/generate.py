@@ -21,7 +21,8 @@ import numpy as np
 
 from mlds_jax import __version__
 from mlds_jax.train import models, vision
-from mlds_jax.config.dataset import SWEEPABLE, DatasetConfig
+from mlds_jax.config.sections import SWEEPABLE
+from mlds_jax.config.dataset import DatasetConfig
 from mlds_jax.train.data import (
     TaskData,
     make_automaton_dataset_data,
@@ -36,7 +37,8 @@ from mlds_jax.store.schema import WEIGHT_ARRAYS, DamagedStoreError, StoreError, 
 from mlds_jax.store.dataset_store import DatasetStore
 from mlds_jax.tasks import digits
 from mlds_jax.tasks.automata import make_automata, stack_automata
-from mlds_jax.train.population import EMPTY, FinishedNets, Population, choose_slots
+from mlds_jax.train.step import EMPTY
+from mlds_jax.train.population import FinishedNets, Population, choose_slots
 from mlds_jax.store.verify import verify as verify_store
 
 

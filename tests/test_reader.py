@@ -12,7 +12,7 @@ import zarr
 
 import mlds_jax
 from mlds_jax.train import models
-from mlds_jax.config.dataset import SWEEPABLE
+from mlds_jax.config.sections import SWEEPABLE
 from mlds_jax.research.reader import SelectionError
 from mlds_jax.store.rawrows import pack
 from mlds_jax.store.dataset_store import DatasetStore

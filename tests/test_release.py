@@ -177,7 +177,7 @@ def test_refuses_what_is_not_releasable(source, tmp_path):
 def test_ds3_automata_travel_with_the_tier(tmp_path):
     """The automata (the store's tables) are in the archive: a net's training data can be
     regenerated from the zip alone."""
-    from mlds_jax.config.dataset import load_config
+    from mlds_jax.config.load import load_config
 
     cfg = load_config("ds3", ['name="ds3-tiny"', "automata.count=3", "network.hidden_size=4",
                               "network.num_layers=1", "network.head_sizes=[4]",

@@ -24,7 +24,7 @@ import pytest
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config.dataset import load_config
+from mlds_jax.config.load import load_config
 from mlds_jax.store.rawrows import pack
 from mlds_jax.store.verify import verify
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlds_jax.train import stream
-from mlds_jax.config.dataset import load_config
+from mlds_jax.config.load import load_config
 from mlds_jax.tasks.automata import make_automaton, run_automaton, stack_automata
 from mlds_jax.tasks.machines import MACHINES, bits_to_bytes, run_machine
 from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_completions
