@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from mlds_jax.config.sections import ConfigError
 from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import ConfigError
 from mlds_jax.store.schema import StoreError
 
 
@@ -245,12 +245,12 @@ def info(path):
 def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):
     from tqdm import tqdm
 
-    from mlds_jax.engines.ray_engine import generate_on_ray
+    from mlds_jax.engines.ray_engine import generate_on_ray, ray_output_to_log
     from mlds_jax.signals import Interrupted, stop_signals
 
     bar = None
     stored_now = total_nets = 0
-    with _ray_output_to_log() as (term_out, term_err, log):
+    with ray_output_to_log() as (term_out, term_err, log):
 
         def on_start(total, stored, n_workers):
             nonlocal bar, stored_now, total_nets
@@ -297,45 +297,6 @@ def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):
             os._exit(code)
         click.echo(f"done: {report.total} nets in {out} ({report.trained} trained now on "
                    f"{report.slots} workers, {report.seconds:.0f} s)", file=term_out)
-
-
-class _ray_output_to_log:
-    """Ray prints to the terminal from its C++ core (stack dumps, 'Token authentication is
-    enabled') and from Python threads (a dead raylet's log tail): within the block file
-    descriptors 1 and 2 go to a log file, and the run writes its own lines to the streams it
-    is given, which stay on the terminal. MLDS_VERBOSE=1 leaves Ray's output on the
-    terminal."""
-
-    def __enter__(self):
-        import tempfile
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if os.environ.get("MLDS_VERBOSE"):
-            self.saved = None
-            return sys.stdout, sys.stderr, None
-        fd, self.log = tempfile.mkstemp(prefix="mlds-ray-", suffix=".log")
-        self.saved = (os.dup(1), os.dup(2))
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        self.term = (open(self.saved[0], "w", buffering=1, closefd=False),
-                     open(self.saved[1], "w", buffering=1, closefd=False))
-        return (*self.term, self.log)
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for stream in self.term:
-            stream.flush()
-        os.dup2(self.saved[0], 1)
-        os.dup2(self.saved[1], 2)
-        for fd in self.saved:
-            os.close(fd)
-        if exc[0] is None:
-            os.unlink(self.log)  # a run that finished: nothing in it anyone needs
 
 
 def _id_range(value):
@@ -455,7 +416,7 @@ def release(path, tiers, out, unpack):
     """Write each tier of the finished store at PATH (the first K x TIER nets, K tasks) as one
     reproducible zip, OUT/NAME-TIER.zarr.zip, readable in place, and their SHA-256 in
     OUT/SHA256SUMS (check with `sha256sum -c SHA256SUMS` in OUT)."""
-    from mlds_jax.research import release as rel
+    from mlds_jax import release as rel
 
     try:
         if unpack:
