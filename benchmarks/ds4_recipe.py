@@ -6,9 +6,9 @@ attack success by trigger family and mapping (README "DS4", the recipe table).
 """
 import sys, time, numpy as np
 from mlds_jax.config.load import load_config
-from mlds_jax.train.population import Population
-from mlds_jax.train import vision
 from mlds_jax.tasks import digits
+from mlds_jax.train import vision
+from mlds_jax.train.population import Population
 name, n, *over = sys.argv[1:]; n = int(n)
 cfg = load_config(name, over)
 split = vision.split_of(cfg.seed)

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlds_jax.train import population, step, vision
 from mlds_jax.config.load import load_config
+from mlds_jax.train import population, step, vision
 
 FLOPS_PER_IMAGE_STEP = 3 * 2 * 55_456
 PROJECTION_NETS = 10_000

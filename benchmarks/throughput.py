@@ -67,8 +67,8 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
     import jax
     import jax.numpy as jnp
 
-    from mlds_jax.train import population, step
     from mlds_jax.generate import task_data
+    from mlds_jax.train import population, step
 
     cfg = bench_cfg(config, epoch_sequences, recurrence, overrides)
     r = cfg.recipe
@@ -101,8 +101,8 @@ def torch_worker(kind: str, seconds: float, epoch_sequences: int, queue) -> None
     """One single-threaded process: train for `seconds`, report sequence-steps done."""
     import torch
 
-    from mlds_jax.train.data import make_task_data
     from mlds_jax.research.torch_export import TorchNet
+    from mlds_jax.train.data import make_task_data
 
     torch.set_num_threads(1)
     cfg = bench_cfg("ds1", epoch_sequences)

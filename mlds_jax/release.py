@@ -46,6 +46,8 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.disk import abandoned_creating_dirs, creating_dir
 from mlds_jax.store.schema import (
     ARRAY_NAMES,
     ROW_CHECKSUMS,
@@ -54,8 +56,6 @@ from mlds_jax.store.schema import (
     WEIGHT_ARRAYS,
     StoreError,
 )
-from mlds_jax.store.dataset_store import DatasetStore
-from mlds_jax.store.disk import abandoned_creating_dirs, creating_dir
 
 SUMS = "SHA256SUMS"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: no build time in the bytes

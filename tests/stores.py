@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from mlds_jax import generate as gen
-from mlds_jax.config.sections import SWEEPABLE
 from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import SWEEPABLE
 from mlds_jax.store.schema import STATUS_CAPPED, STATUS_CONVERGED, STATUS_DIVERGED
 
 MAX_EPOCHS = 40  # smoke recipe with a longer cap, so epochs and loss curves vary

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlds_jax.train import models
 from mlds_jax.tasks import digits
+from mlds_jax.train import models
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -135,8 +135,8 @@ def test_cnn_matches_torch_conv2d_on_the_same_weights(split):
 
 
 def test_ds4_configs_are_twins_and_bad_ones_name_the_key():
-    from mlds_jax.config.sections import ConfigError
     from mlds_jax.config.load import load_config
+    from mlds_jax.config.sections import ConfigError
 
     clean, trojan = load_config("ds4"), load_config("ds4-trojan")
     assert isinstance(clean.network, models.ConvNetConfig) and clean.network == trojan.network

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import mlds_jax
-from mlds_jax.train import cpu_kernel
 from mlds_jax import generate as gen
-from mlds_jax.config.sections import ConfigError
 from mlds_jax.config.load import load_config
-from mlds_jax.train.data import make_automaton_task_data
+from mlds_jax.config.sections import ConfigError
 from mlds_jax.tasks.automata import make_automaton, run_automaton
+from mlds_jax.train import cpu_kernel
+from mlds_jax.train.data import make_automaton_task_data
 from tests.torch_reference import torch_net
 
 TINY = ['name="ds3-tiny"', "automata.count=3", "recipe.train_sequences=64",
@@ -104,8 +104,8 @@ def test_training_equals_torch_adam_on_same_order(recurrence):
     CPU with a compiler) and on XLA's recurrence."""
     import jax
 
-    from mlds_jax.train import models, population, step
     from mlds_jax.generate import task_data
+    from mlds_jax.train import models, population, step
 
     cfg = load_config("ds3", ADAM + [f"run.recurrence={recurrence}"])
     if recurrence == "auto" and cpu_kernel.available():

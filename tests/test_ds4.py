@@ -135,8 +135,8 @@ def test_info_works_and_what_is_not_built_says_so_in_one_line(stores):
 
 def test_a_checkpointed_population_resumes_to_the_same_weights():
     """The trigger arrays in NetState.task_params travel through export/import_state."""
-    from mlds_jax.train import vision
     from mlds_jax.config.load import load_config
+    from mlds_jax.train import vision
     from mlds_jax.train.population import Population
 
     cfg = load_config("ds4-trojan", ["recipe.max_epochs=4", "recipe.check_every=2"])

@@ -1,4 +1,4 @@
-"""`mlds export` (mlds_jax/export.py): each format round-trips the selected rows with the
+"""`mlds export` (mlds_jax/research/export.py): each format round-trips the selected rows with the
 layout table and per-net metadata; bad selections fail with one line and write nothing."""
 
 import json

@@ -19,9 +19,9 @@ from zarr.storage import LocalStore, ZipStore
 
 import mlds_jax
 from mlds_jax.analysis.splits import split_of, write_splits
-from mlds_jax.research.card import write_card
 from mlds_jax.cli import main
-from mlds_jax.research.release import release
+from mlds_jax.research.card import write_card
+from mlds_jax.release import release
 from mlds_jax.store.schema import ROW_CHECKSUMS, StoreError
 from mlds_jax.store.verify import verify
 from tests.stores import ROW_ARRAYS, build_store

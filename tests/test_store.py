@@ -9,8 +9,8 @@ import zarr
 from zarr.storage import LocalStore
 
 from mlds_jax.store import dataset_store
-from mlds_jax.store.schema import ROW_CHECKSUMS, ConfigMismatchError, DamagedStoreError, StoreError
 from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import ROW_CHECKSUMS, ConfigMismatchError, DamagedStoreError, StoreError
 
 P, E, A, H, CHUNK = 7, 5, 2, 3, 4
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlds_jax.train import models, population, step
-from mlds_jax.config.sections import SWEEPABLE, Recipe, RunOptions
 from mlds_jax.config.dataset import DatasetConfig
 from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import SWEEPABLE, Recipe, RunOptions
 from mlds_jax.generate import task_data
+from mlds_jax.train import models, population, step
 from tests.torch_reference import torch_net
 
 # Tiny recipe with a threshold of 0.47 on the worst pin: some nets pass it at a check (their

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mlds_jax.train.models import ConvNetConfig, NetworkConfig
 
+from mlds_jax.config.dataset import DatasetConfig
 from mlds_jax.config.sections import (
     AutomataConfig,
     ConfigError,
@@ -21,7 +22,6 @@ from mlds_jax.config.sections import (
     RunOptions,
     TriggerConfig,
 )
-from mlds_jax.config.dataset import DatasetConfig
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"

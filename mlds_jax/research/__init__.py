@@ -1,1 +1,2 @@
-"""The researcher's room: open a finished store (`open_dataset`), load nets into PyTorch, export, write the dataset card and release tiers as single files."""
+"""The researcher's room: open a finished store (`open_dataset`), load its nets into PyTorch,
+export them, and write the dataset card."""

@@ -95,7 +95,7 @@ def _finite_or_none(x: float):
 
 def export_metadata(ds: Dataset, ids: np.ndarray, rows: dict, selection: str | None) -> dict:
     """The JSON-able description every format carries (see the module docstring)."""
-    from mlds_jax import __version__
+    from mlds_jax._version import __version__
 
     names = ds.task_names
     nets = []

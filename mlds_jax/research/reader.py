@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from mlds_jax.store.dataset_store import DatasetStore
 from mlds_jax.store.rawrows import RawRows
 from mlds_jax.store.schema import STATUS_NAMES, STATUS_PENDING, WEIGHT_ARRAYS, StoreError
-from mlds_jax.store.dataset_store import DatasetStore
 
 STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
 

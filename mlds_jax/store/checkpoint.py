@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import __version__
+from mlds_jax._version import __version__
 from mlds_jax.store.leases import Leases, local_owner_alive
 
 CHECKPOINTS = "checkpoints"  # the folder in a store

@@ -36,6 +36,14 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore, ZipStore
 
+from mlds_jax.store.disk import (
+    abandoned_creating_dirs,
+    _checked_arrays,
+    _checked_per_net,
+    _create,
+    _delete_store_dir,
+    _finish_interrupted_swap,
+)
 from mlds_jax.store.schema import (
     _checked_row_checksums,
     ConfigMismatchError,
@@ -59,14 +67,6 @@ from mlds_jax.store.schema import (
     TABLES,
     WEIGHT_ARRAYS,
     write_atomic,
-)
-from mlds_jax.store.disk import (
-    abandoned_creating_dirs,
-    _checked_arrays,
-    _checked_per_net,
-    _create,
-    _delete_store_dir,
-    _finish_interrupted_swap,
 )
 
 

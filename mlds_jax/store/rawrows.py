@@ -48,6 +48,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 from zarr.storage import LocalStore
 
+from mlds_jax.store.dataset_store import DatasetStore
 from mlds_jax.store.schema import (
     WEIGHT_ARRAYS,
     DamagedStoreError,
@@ -56,7 +57,6 @@ from mlds_jax.store.schema import (
     is_packed,
     is_raw_le,
 )
-from mlds_jax.store.dataset_store import DatasetStore
 
 
 class RawRows:

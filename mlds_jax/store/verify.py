@@ -31,6 +31,8 @@ import numpy as np
 from zarr.codecs import Crc32cCodec
 
 from mlds_jax.store.checkpoint import ORBAX_TMP
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.disk import abandoned_creating_dirs
 from mlds_jax.store.rawrows import RawRows
 from mlds_jax.store.schema import (
     EXTRA_ENTRIES,
@@ -45,8 +47,6 @@ from mlds_jax.store.schema import (
     DamagedStoreError,
     row_crc32c,
 )
-from mlds_jax.store.dataset_store import DatasetStore
-from mlds_jax.store.disk import abandoned_creating_dirs
 
 _SMALL = ("task", "seed", "epochs", "loss_curve", "val_accuracy", "hyperparameters", "seq_steps",
           "status")

@@ -19,9 +19,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlds_jax.train import models, vision
-from mlds_jax.config.sections import SWEEPABLE
 from mlds_jax.config.dataset import DatasetConfig
+from mlds_jax.config.sections import SWEEPABLE
+from mlds_jax.train import models, vision
 from mlds_jax.train.data import TaskData
 from mlds_jax.train.step import (
     EMPTY,

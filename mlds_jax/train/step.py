@@ -22,10 +22,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from mlds_jax.train import models, stream, vision
 from mlds_jax.config.dataset import DatasetConfig
-from mlds_jax.train.data import TaskData
 from mlds_jax.tasks.automata import make_automata, stack_automata
+from mlds_jax.train import models, stream, vision
+from mlds_jax.train.data import TaskData
 
 EMPTY = -1  # net_id of a slot that holds no net
 # Per-net status codes; the store uses the same numbers for finished nets.
