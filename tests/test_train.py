@@ -338,7 +338,7 @@ def test_adaptive_curriculum_that_always_passes_is_the_schedule(data, monkeypatc
         cfg = dataclasses.replace(STREAM, task_recipes=(), recipe=dataclasses.replace(
             STREAM.recipe, curriculum_pass=0.0 if accuracy is None else 0.9, max_epochs=6))
         if accuracy is not None:
-            monkeypatch.setattr(train, "_level_accuracy", lambda *a: jnp.float32(accuracy))
+            monkeypatch.setattr(step, "_level_accuracy", lambda *a: jnp.float32(accuracy))
         return collect(population.Population(cfg, data, 2).run([3, 4]), 5, [3, 4])["weights"]
 
     schedule, always, never = run(None), run(1.0), run(0.5)
