@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlds_jax.config.network import NetworkConfig
 from mlds_jax.train import cpu_kernel, models
-from mlds_jax.train.models import NetworkConfig
 from tests.torch_reference import torch_net
 
 DS1 = NetworkConfig()

@@ -14,9 +14,9 @@ import difflib
 import functools
 import json
 
+from mlds_jax.config.network import ConvNetConfig, NetworkConfig
 from mlds_jax.tasks.machines import MACHINES
 from mlds_jax.tasks.triggers import MIN_TRIGGER_SEQUENCE
-from mlds_jax.train.models import ConvNetConfig, NetworkConfig
 
 from mlds_jax.config.sections import (
     AutomataConfig,

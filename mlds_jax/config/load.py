@@ -11,7 +11,7 @@ import typing
 from collections.abc import Iterable
 from pathlib import Path
 
-from mlds_jax.train.models import ConvNetConfig, NetworkConfig
+from mlds_jax.config.network import ConvNetConfig, NetworkConfig
 
 from mlds_jax.config.dataset import DatasetConfig
 from mlds_jax.config.sections import (
