@@ -1,5 +1,5 @@
 """DS4 recipe arms: train nets 0..N-1 of a DS4 config with overrides, print clean accuracy and
-attack success by trigger family and mapping (README "DS4", the recipe table).
+attack success by trigger family and mapping (docs/ds4.md, the recipe table).
 
     python benchmarks/ds4_recipe.py ds4-trojan 16 recipe.learning_rate=1e-2 recipe.max_epochs=30 \
         recipe.check_every=30
