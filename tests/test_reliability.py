@@ -250,7 +250,7 @@ def test_verify_checks_every_shape_against_the_others_and_the_attrs(reference, t
 
 _KILL_AT_RENAME = """
 import os, signal, sys
-from mlds_jax import rawrows
+from mlds_jax.store import rawrows
 real, calls = os.rename, []
 def rename(a, b):
     real(a, b)
