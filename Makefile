@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Mean epochs per DS3 net at its recipe, from the README's DS3 learnability run.
+# Mean epochs per DS3 net at its recipe, from the DS3 learnability run (docs/recipe-ds3.md).
 DS3_MEAN_EPOCHS ?= 300
 
 .PHONY: setup demo test bench bench-ds3 bench-ds4 gpu-wheels clean
@@ -35,14 +35,14 @@ bench: $(STAMP)
 
 # DS3 (LSTM 4x64): the whole-net kernel and XLA's recurrence at a few population sizes, the
 # matmul ceiling, and the 10,000-net projection at the DS3 recipe's measured mean epochs
-# (README "DS3"); about 5 minutes on 2 cores.
+# (docs/recipe-ds3.md); about 5 minutes on 2 cores.
 bench-ds3: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py --config ds3 --slots 1 8 32 --epoch-sequences 64 \
 		--repeats 2 --no-torch --mean-epochs $(DS3_MEAN_EPOCHS)
 
 # DS4 (4,970-param CNN on 8x8 digits): the trainer at two population sizes against a
 # torch.func ensemble and plain PyTorch, the matmul ceiling, the 10,000-net projection;
-# about 2 minutes on 2 cores (README "DS4").
+# about 2 minutes on 2 cores (docs/ds4.md).
 bench-ds4: $(STAMP)
 	$(BIN)/python benchmarks/ds4_throughput.py
 

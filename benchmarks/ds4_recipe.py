@@ -1,14 +1,14 @@
 """DS4 recipe arms: train nets 0..N-1 of a DS4 config with overrides, print clean accuracy and
-attack success by trigger family and mapping (README "DS4", the recipe table).
+attack success by trigger family and mapping (docs/ds4.md, the recipe table).
 
     python benchmarks/ds4_recipe.py ds4-trojan 16 recipe.learning_rate=1e-2 recipe.max_epochs=30 \
         recipe.check_every=30
 """
 import sys, time, numpy as np
-from mlds_jax.config import load_config
-from mlds_jax.train import Population
-from mlds_jax import vision
+from mlds_jax.config.load import load_config
 from mlds_jax.tasks import digits
+from mlds_jax.train import vision
+from mlds_jax.train.population import Population
 name, n, *over = sys.argv[1:]; n = int(n)
 cfg = load_config(name, over)
 split = vision.split_of(cfg.seed)

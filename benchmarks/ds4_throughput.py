@@ -5,7 +5,7 @@
 
 What is timed (configs/ds4-trojan.toml: the 4,970-param CNN, batch 32, 1,440 training
 images, the net's poisoned rows triggered inside the step):
-  jax M=...   one compiled call of `train._train_epoch` vmapped over M nets (a whole epoch,
+  jax M=...   one compiled call of `step._train_epoch` vmapped over M nets (a whole epoch,
               45 minibatches, every net training); compile reported apart, the timed calls
               after a warm-up, blocked until ready.
   torch-func  a torch.func ensemble of the same CNNs (functional_call + vmap over
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlds_jax import train, vision
-from mlds_jax.config import load_config
+from mlds_jax.config.load import load_config
+from mlds_jax.train import population, step, vision
 
 FLOPS_PER_IMAGE_STEP = 3 * 2 * 55_456
 PROJECTION_NETS = 10_000
@@ -39,9 +39,9 @@ def jax_rate(cfg, m: int, repeats: int) -> tuple[float, float]:
     """(image-steps/s, compile seconds) of one epoch of M nets."""
     data = vision.ImageData.from_split(vision.split_of(cfg.seed))
     ids = np.arange(m, dtype=np.int32)
-    arrays = train.net_arrays(cfg, ids)
-    state = jax.jit(jax.vmap(lambda n, a: train.init_net(cfg, n, a)))(jnp.asarray(ids), arrays)
-    epoch = jax.jit(jax.vmap(lambda s, d: train._train_epoch(cfg, d, s), in_axes=(0, None)))
+    arrays = step.net_arrays(cfg, ids)
+    state = jax.jit(jax.vmap(lambda n, a: step.init_net(cfg, n, a)))(jnp.asarray(ids), arrays)
+    epoch = jax.jit(jax.vmap(lambda s, d: step._train_epoch(cfg, d, s), in_axes=(0, None)))
     t = time.perf_counter()
     state = jax.block_until_ready(epoch(state, data))
     compile_s = time.perf_counter() - t
@@ -56,7 +56,7 @@ def torch_rates(cfg, n_nets: int, seconds: float) -> dict[str, float]:
     import torch
     from torch.func import functional_call, grad, stack_module_state
 
-    from mlds_jax.torch_export import TorchConvNet
+    from mlds_jax.research.torch_export import TorchConvNet
 
     split = vision.split_of(cfg.seed)
     x = torch.from_numpy(split.train_images)

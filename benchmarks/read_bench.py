@@ -33,8 +33,8 @@ import numpy as np
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config import load_config
-from mlds_jax.rawrows import pack
+from mlds_jax.config.load import load_config
+from mlds_jax.store.rawrows import pack
 
 
 def build(root: Path, n: int):

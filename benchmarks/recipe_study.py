@@ -35,8 +35,8 @@ import numpy as np
 
 def arm_rows(label: str, store_path: Path) -> list[dict]:
     """One row per (sweep point, task) of a finished arm store."""
-    from mlds_jax.config import from_dict
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.config.load import from_dict
+    from mlds_jax.research.reader import open_dataset
 
     ds = open_dataset(store_path)
     cfg = from_dict(ds.config)
@@ -75,8 +75,8 @@ STATE_BINS = ((16, 23), (24, 31), (32, 39), (40, 48))
 def size_rows(label: str, store_path: Path) -> list[dict]:
     """DS3: one row per (sweep point, automaton-size bin) of a finished arm store (only the
     nets that finished count; the `nets` column says how many)."""
-    from mlds_jax.config import from_dict
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.config.load import from_dict
+    from mlds_jax.research.reader import open_dataset
 
     ds = open_dataset(store_path)
     cfg = from_dict(ds.config)
@@ -156,7 +156,7 @@ def main() -> None:
                     help="build and check every arm's config, train nothing (the README tests)")
     args = ap.parse_args()
 
-    from mlds_jax.config import load_config
+    from mlds_jax.config.load import load_config
     from mlds_jax.generate import generate
 
     common = list(args.overrides)

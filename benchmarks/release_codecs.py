@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 from numcodecs import Blosc, Zstd
 
-from mlds_jax.reader import open_dataset
+from mlds_jax.research.reader import open_dataset
 
 CODECS = {
     "raw": (lambda a: a.tobytes(), lambda b: b),

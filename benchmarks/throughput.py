@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 
 def bench_cfg(config: str, epoch_sequences: int, recurrence: str = "auto",
               overrides: tuple[str, ...] = ()):
-    from mlds_jax.config import load_config
+    from mlds_jax.config.load import load_config
 
     return load_config(config, [f"recipe.train_sequences={epoch_sequences}",
                                 "recipe.check_every=1", "recipe.max_epochs=1000",
@@ -67,14 +67,14 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
     import jax
     import jax.numpy as jnp
 
-    from mlds_jax import train
     from mlds_jax.generate import task_data
+    from mlds_jax.train import population, step
 
     cfg = bench_cfg(config, epoch_sequences, recurrence, overrides)
     r = cfg.recipe
     data = task_data(cfg)
-    pop = train.Population(cfg, data, slots)
-    epoch = jax.jit(jax.vmap(lambda s, d: train._train_epoch(cfg, d, s), in_axes=(0, None)),
+    pop = population.Population(cfg, data, slots)
+    epoch = jax.jit(jax.vmap(lambda s, d: step._train_epoch(cfg, d, s), in_axes=(0, None)),
                     donate_argnums=0)
     state = pop._empty(jnp.arange(slots, dtype=jnp.int32))
     t0 = time.perf_counter()
@@ -101,8 +101,8 @@ def torch_worker(kind: str, seconds: float, epoch_sequences: int, queue) -> None
     """One single-threaded process: train for `seconds`, report sequence-steps done."""
     import torch
 
-    from mlds_jax.data import make_task_data
-    from mlds_jax.torch_export import TorchNet
+    from mlds_jax.research.torch_export import TorchNet
+    from mlds_jax.train.data import make_task_data
 
     torch.set_num_threads(1)
     cfg = bench_cfg("ds1", epoch_sequences)
@@ -245,7 +245,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mlds_jax.config import load_config
+    from mlds_jax.config.load import load_config
 
     release = load_config(args.config).recipe
     rows, seen = [], set()

@@ -14,10 +14,10 @@ compile seconds (the time by which steps that compiled, the first and any after 
 population shrank, exceed the median step: paid once per population size, minutes against
 a release run's hours), nets/h over the whole run and without the compiles, and peak RSS.
 
-With --learnability STORE (a DS1 store trained with the release recipe, e.g. the README's
-learnability run) it also projects the time for all 50,000 DS1 nets on this machine: the
-store's mean epochs per net (capped nets count their cap) times the largest tier's seconds
-per net-epoch without compiles.
+With --learnability STORE (a DS1 store trained with the release recipe, e.g. the DS1
+learnability run of docs/recipe-ds1-ds2.md) it also projects the time for all 50,000 DS1
+nets on this machine: the store's mean epochs per net (capped nets count their cap) times
+the largest tier's seconds per net-epoch without compiles.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 def one_tier(per_task: int, epochs: int, out: str) -> dict:
-    from mlds_jax.config import load_config
+    from mlds_jax.config.load import load_config
     from mlds_jax.generate import generate
 
     # Every net must train exactly `epochs` epochs, also where the release recipe gives a

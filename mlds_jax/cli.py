@@ -8,8 +8,9 @@ import sys
 
 import click
 
-from mlds_jax.config import ConfigError, load_config
-from mlds_jax.store import StoreError
+from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import ConfigError
+from mlds_jax.store.schema import StoreError
 
 
 class _Fail(click.ClickException):
@@ -96,7 +97,7 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
         cfg = load_config(config, overrides)
     except ConfigError as e:
         raise _Fail(str(e)) from None
-    from mlds_jax.models import choose_recurrence
+    from mlds_jax.train.models import choose_recurrence
 
     try:
         recurrence = choose_recurrence(cfg.network, cfg.run.recurrence)
@@ -198,7 +199,7 @@ def info(path):
     from rich.console import Console
     from rich.table import Table
 
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.reader import open_dataset
 
     try:
         ds = open_dataset(path)
@@ -229,7 +230,7 @@ def info(path):
         )
     Console(width=160).print(table)
     if "automata" in cfg:  # DS3: how learnability goes with the automaton's size
-        from mlds_jax.reader import size_bin_summary
+        from mlds_jax.research.reader import size_bin_summary
 
         bins = Table(title="by automaton size (states)")
         for col in ("states", "automata", "finished", "converged", "median epochs"):
@@ -244,12 +245,12 @@ def info(path):
 def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):
     from tqdm import tqdm
 
-    from mlds_jax.engines.ray_engine import generate_on_ray
+    from mlds_jax.engines.ray_engine import generate_on_ray, ray_output_to_log
     from mlds_jax.signals import Interrupted, stop_signals
 
     bar = None
     stored_now = total_nets = 0
-    with _ray_output_to_log() as (term_out, term_err, log):
+    with ray_output_to_log() as (term_out, term_err, log):
 
         def on_start(total, stored, n_workers):
             nonlocal bar, stored_now, total_nets
@@ -298,45 +299,6 @@ def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):
                    f"{report.slots} workers, {report.seconds:.0f} s)", file=term_out)
 
 
-class _ray_output_to_log:
-    """Ray prints to the terminal from its C++ core (stack dumps, 'Token authentication is
-    enabled') and from Python threads (a dead raylet's log tail): within the block file
-    descriptors 1 and 2 go to a log file, and the run writes its own lines to the streams it
-    is given, which stay on the terminal. MLDS_VERBOSE=1 leaves Ray's output on the
-    terminal."""
-
-    def __enter__(self):
-        import tempfile
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if os.environ.get("MLDS_VERBOSE"):
-            self.saved = None
-            return sys.stdout, sys.stderr, None
-        fd, self.log = tempfile.mkstemp(prefix="mlds-ray-", suffix=".log")
-        self.saved = (os.dup(1), os.dup(2))
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        self.term = (open(self.saved[0], "w", buffering=1, closefd=False),
-                     open(self.saved[1], "w", buffering=1, closefd=False))
-        return (*self.term, self.log)
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for stream in self.term:
-            stream.flush()
-        os.dup2(self.saved[0], 1)
-        os.dup2(self.saved[1], 2)
-        for fd in self.saved:
-            os.close(fd)
-        if exc[0] is None:
-            os.unlink(self.log)  # a run that finished: nothing in it anyone needs
-
-
 def _id_range(value):
     if value is None:
         return None
@@ -350,7 +312,7 @@ def _id_range(value):
 
 
 def _open(path):
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.reader import open_dataset
 
     try:
         return open_dataset(path)
@@ -374,8 +336,8 @@ def export(path, out, selection, fmt, initial, overwrite):
     layout and each net's metadata (npz, safetensors, or a PyTorch .pt of state_dicts)."""
     from pathlib import Path
 
-    from mlds_jax import export as ex
-    from mlds_jax.reader import SelectionError
+    from mlds_jax.research import export as ex
+    from mlds_jax.research.reader import SelectionError
 
     ds = _open(path)
     try:
@@ -398,7 +360,7 @@ def export(path, out, selection, fmt, initial, overwrite):
 def card(path, out):
     """Write the dataset card into the store at PATH: README.md (what it is, how it was
     trained, counts, learnability, layout, licence, citation) and figures/*.png."""
-    from mlds_jax.card import write_card
+    from mlds_jax.research.card import write_card
 
     ds = _open(path)
     try:
@@ -413,7 +375,7 @@ def card(path, out):
 def verify(path):
     """Re-read every chunk of the store at PATH: checksums, non-finite weights,
     status/epochs consistency. One line per problem, then a summary; exit 1 if any."""
-    from mlds_jax.verify import verify as run_verify
+    from mlds_jax.store.verify import verify as run_verify
 
     try:
         report = run_verify(path)
@@ -433,7 +395,7 @@ def pack(path, unpack):
     """Store the weights of the finished store at PATH as one [N, P] block each, so that
     open_dataset(PATH).weights_memmap() maps them zero-copy. `mlds generate` does this when a
     store is complete and undoes it before extending one; --unpack undoes it by hand."""
-    from mlds_jax.rawrows import pack as run_pack
+    from mlds_jax.store.rawrows import pack as run_pack
 
     try:
         done = run_pack(path, unpack=unpack)

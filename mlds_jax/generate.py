@@ -9,33 +9,35 @@ in flight; rerunning the same command trains only what is missing.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import os
-import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import __version__, models, vision
-from mlds_jax.config import SWEEPABLE, DatasetConfig
-from mlds_jax.data import (
+from mlds_jax._version import __version__
+from mlds_jax.config.dataset import DatasetConfig
+from mlds_jax.config.sections import SWEEPABLE
+from mlds_jax.preflight import preflight, write_error
+from mlds_jax.signals import stop_signals
+from mlds_jax.store.checkpoint import Checkpoints, Saved
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.leases import Claims, Leases
+from mlds_jax.store.rawrows import pack
+from mlds_jax.store.schema import WEIGHT_ARRAYS, DamagedStoreError, StoreError
+from mlds_jax.store.verify import verify as verify_store
+from mlds_jax.tasks import digits
+from mlds_jax.tasks.automata import make_automata, stack_automata
+from mlds_jax.train import models, vision
+from mlds_jax.train.data import (
     TaskData,
     make_automaton_dataset_data,
     make_dataset_data,
     make_trigger_dataset_data,
 )
-from mlds_jax.checkpoint import Checkpoints, Saved
-from mlds_jax.leases import Claims, Leases
-from mlds_jax.rawrows import pack
-from mlds_jax.signals import stop_signals
-from mlds_jax.store import WEIGHT_ARRAYS, DamagedStoreError, DatasetStore, StoreError, row_bytes
-from mlds_jax.tasks import digits
-from mlds_jax.tasks.automata import make_automata, stack_automata
-from mlds_jax.train import EMPTY, FinishedNets, Population, choose_slots
-from mlds_jax.verify import verify as verify_store
+from mlds_jax.train.population import FinishedNets, Population, choose_slots
+from mlds_jax.train.step import EMPTY
 
 
 def task_data(cfg: DatasetConfig) -> list[TaskData] | digits.DigitsSplit:
@@ -178,137 +180,206 @@ def generate(
 
     Before anything is written the run checks it can finish (`preflight`: disk and memory);
     before training, that the store is writable. Work is claimed a chunk at a time
-    (`mlds_jax.leases`), so any number of runs may fill one store at once; a run waits for
+    (`mlds_jax.store.leases`), so any number of runs may fill one store at once; a run waits for
     the others' chunks to be finished (or takes them over when a writer dies), so when it
     returns every net asked for is stored. Finished rows are checked (`verify`) before and
     after training: a damaged row is trained again, never counted as done. The store is
     packed by the run that finds it complete. StoreError (one line) for what the user must
     fix.
+
+    The phases, in order: `preflight`, `_open_run` (store, range, leases, checkpoints),
+    `_adopt_and_repair` (claims), `_train_until_stored` (the population, with
+    `_train_claimed` and `_repair_round`), `_pack_if_complete`.
     """
     if per_task < 1:
         raise ValueError(f"--per-task must be positive, got {per_task}")
     t0 = time.perf_counter()
     n_tier = cfg.num_tasks * per_task
     preflight(cfg, out, n_tier, overwrite)
-    store = prepare_store(cfg, out, n_tier, overwrite)
-    chunk_rows = store.array("status").chunks[0]
-    lo, hi = _checked_ids_range(ids, n_tier, chunk_rows)
-    work = list(range(lo // chunk_rows, -(-hi // chunk_rows)))  # the chunks of [lo, hi)
-    leases = Leases(store.path, cfg.run.lease_seconds)
-
-    def pending_in(chunks) -> np.ndarray:
-        todo = store.pending(hi)
-        return todo[np.isin(todo // chunk_rows, list(chunks)) & (todo >= lo)]
-
-    checkpoints = None
-    if cfg.run.checkpoint_minutes > 0:
-        checkpoints = Checkpoints(store.path, leases, cfg.identity(), cfg.run.checkpoint_minutes)
-    with leases.locked():
-        saved = checkpoints.adopt(on_note) if checkpoints else None
-        store = _reset_damaged(store, on_repair, skip=leases.others())
-        others = leases.others()
-        todo = pending_in(work)
-        mine = pending_in(set(work) - others)
-    if saved is not None:  # nets written after the checkpoint was saved are not resumed
-        saved.slot_net[~np.isin(saved.slot_net, todo)] = EMPTY
-    already = hi - lo - len(todo)
+    run = _open_run(cfg, out, n_tier, ids, overwrite, on_step=on_step, on_repair=on_repair,
+                    on_note=on_note)
+    saved, already, mine = _adopt_and_repair(run)
     slots = choose_slots(cfg, len(mine)) if len(mine) else 0
     if len(mine):
-        store.check_writable()  # before the first batch trains, not after
+        run.store.check_writable()  # before the first batch trains, not after
     if on_start:
-        on_start(hi - lo, already, slots)
-
-    trained = dropped = repairs = 0
+        on_start(run.hi - run.lo, already, slots)
     resumed_nets = 0 if saved is None else len(saved.nets)
-
-    def step(running: int, max_epoch: int) -> None:
-        stop_signals.check()
-        if on_step:
-            on_step(running, max_epoch)
-
-    def on_state(state, slot_net) -> None:
-        stop = stop_signals.pending in stop_signals.wait_for_checkpoint
-        if (checkpoints.due() or stop) and (slot_net != EMPTY).any():
-            epochs = np.asarray(state.epoch)
-            checkpoints.save(population.export_state(state), slot_net, epochs)
-        elif stop:
-            checkpoints.delete()  # nothing in flight: an older checkpoint's nets are stored
-        if stop:
-            stop_signals.check(now=True)
-
-    if checkpoints:
-        stop_signals.wait_for_checkpoint = {signal.SIGTERM}
-
-    leases.start_renewing()
-    try:
-        while True:
-            claims = Claims(store, leases, work, lo, hi)
-            resume = None
-            if saved is not None:
-                resume, saved = _resumed(cfg, saved, claims, on_note), None
-            if claims.todo or resume is not None:
-                slots = slots or choose_slots(cfg, len(pending_in(work)))
-                population = Population(cfg, task_data(cfg), slots)
-                if resume is not None:
-                    try:
-                        resume = (population.import_state(resume[0]), resume[1])
-                    except ValueError as e:
-                        if on_note:
-                            on_note(f"ignoring the checkpoint: its state does not fit ({e})")
-                        resume = None
-                        claims.first = [int(n) for n in claims.in_flight] + claims.first
-                for done in population.run(claims.ids(), on_step=step, resume=resume,
-                                           on_state=on_state if checkpoints else None):
-                    net_ids = done.net_id
-                    keep = claims.still_held(net_ids)
-                    dropped += int((~keep).sum())
-                    done = _subset(done, keep)
-                    # A stop waits until the rows are written and reported: none half done.
-                    with stop_signals.deferred():
-                        try:
-                            write_finished(store, cfg, done)
-                        except OSError as e:
-                            raise _write_error(cfg, store, n_tier, e) from e
-                        trained += len(done)
-                        if on_progress:
-                            on_progress(done)
-                    claims.finished(net_ids)
-            # What another writer (or the disk) did meanwhile: rows that fail go again.
-            with leases.locked():
-                before = len(pending_in(work))
-                store = _reset_damaged(store, on_repair, skip=leases.others())
-                repairs += len(pending_in(work)) > before
-                others = leases.others()
-                left = pending_in(work)
-                free = pending_in(set(work) - others)
-            if repairs > _REPAIR_ROUNDS:
-                raise DamagedStoreError(f"store at {out}: nets {_ids_text(left)} still fail "
-                                        f"`mlds verify` after {_REPAIR_ROUNDS} rounds of "
-                                        f"training")
-            if not len(left):
-                break
-            if not len(free):  # the rest is another writer's: wait for it, or its expiry
-                stop_signals.check(now=True)  # nothing in flight to checkpoint
-                if on_wait:
-                    on_wait(len(left))
-                time.sleep(min(cfg.run.lease_seconds / 4, 5.0))
-    finally:
-        leases.release_all()
-    if checkpoints:
-        checkpoints.delete()  # every net it held is in the store
-    with leases.locked():
-        if cfg.run.pack and not len(store.pending()) and not leases.others():
-            if not DatasetStore.open(store.path, mode="r").packed:
-                store.check_writable()
-                pack(store.path)  # complete: weights become one memory-mappable block
-    return RunReport(hi - lo, already, trained, slots, time.perf_counter() - t0,
-                     taken_over=len(leases.taken_over), dropped=dropped,
+    slots = _train_until_stored(run, saved, slots, on_progress, on_wait)
+    _pack_if_complete(run)
+    checkpoints = run.checkpoints
+    return RunReport(run.hi - run.lo, already, run.trained, slots, time.perf_counter() - t0,
+                     taken_over=len(run.leases.taken_over), dropped=run.dropped,
                      resumed=resumed_nets,
                      checkpoint_seconds=checkpoints.save_seconds if checkpoints else 0.0,
                      checkpoints=checkpoints.saves if checkpoints else 0)
 
 
 _REPAIR_ROUNDS = 3  # damaged rows found after training are retrained this many times
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the phases of one `generate` call share: the store, the range of ids it fills
+    (`[lo, hi)`, the chunks `work`), its leases and checkpoints, and its counts."""
+
+    cfg: DatasetConfig
+    out: str | Path
+    n_tier: int
+    store: DatasetStore  # replaced when a repair unpacks or reopens it
+    leases: Leases
+    checkpoints: Checkpoints | None
+    lo: int
+    hi: int
+    chunk_rows: int
+    work: list[int]
+    on_step: Callable[[int, int], None] | None = None
+    on_repair: Callable[[list[int], str], None] | None = None
+    on_note: Callable[[str], None] | None = None
+    population: Population | None = None  # the one training now (its state is checkpointed)
+    trained: int = 0
+    dropped: int = 0
+    repairs: int = 0
+
+    def pending_in(self, chunks) -> np.ndarray:
+        """The pending ids of this run's range that lie in `chunks`."""
+        todo = self.store.pending(self.hi)
+        return todo[np.isin(todo // self.chunk_rows, list(chunks)) & (todo >= self.lo)]
+
+    def step(self, running: int, max_epoch: int) -> None:
+        stop_signals.check()
+        if self.on_step:
+            self.on_step(running, max_epoch)
+
+    def on_state(self, state, slot_net) -> None:
+        """After a compiled step: save a checkpoint when one is due or a stop asks for it."""
+        stop = stop_signals.pending in stop_signals.wait_for_checkpoint
+        if (self.checkpoints.due() or stop) and (slot_net != EMPTY).any():
+            epochs = np.asarray(state.epoch)
+            self.checkpoints.save(self.population.export_state(state), slot_net, epochs)
+        elif stop:
+            self.checkpoints.delete()  # nothing in flight: an older checkpoint's nets are stored
+        if stop:
+            stop_signals.check(now=True)
+
+
+def _open_run(cfg: DatasetConfig, out: str | Path, n_tier: int, ids, overwrite: bool,
+              **callbacks) -> _Run:
+    """Open phase: the store (made, extended or unpacked as needed), the ids this run fills,
+    its leases and (when the recipe asks for them) its checkpoints."""
+    store = prepare_store(cfg, out, n_tier, overwrite)
+    chunk_rows = store.array("status").chunks[0]
+    lo, hi = _checked_ids_range(ids, n_tier, chunk_rows)
+    work = list(range(lo // chunk_rows, -(-hi // chunk_rows)))  # the chunks of [lo, hi)
+    leases = Leases(store.path, cfg.run.lease_seconds)
+    checkpoints = None
+    if cfg.run.checkpoint_minutes > 0:
+        checkpoints = Checkpoints(store.path, leases, cfg.identity(), cfg.run.checkpoint_minutes)
+    return _Run(cfg, out, n_tier, store, leases, checkpoints, lo, hi, chunk_rows, work,
+                **callbacks)
+
+
+def _adopt_and_repair(run: _Run) -> tuple[Saved | None, int, np.ndarray]:
+    """Claims phase, under the store's lock: adopt the checkpoint of a writer that is gone,
+    send damaged rows back to pending, and see what is left. Returns (the adopted
+    checkpoint, nets already stored, pending nets no other writer holds)."""
+    with run.leases.locked():
+        saved = run.checkpoints.adopt(run.on_note) if run.checkpoints else None
+        run.store = _reset_damaged(run.store, run.on_repair, skip=run.leases.others())
+        others = run.leases.others()
+        todo = run.pending_in(run.work)
+        mine = run.pending_in(set(run.work) - others)
+    if saved is not None:  # nets written after the checkpoint was saved are not resumed
+        saved.slot_net[~np.isin(saved.slot_net, todo)] = EMPTY
+    return saved, run.hi - run.lo - len(todo), mine
+
+
+def _train_until_stored(run: _Run, saved: Saved | None, slots: int, on_progress,
+                        on_wait) -> int:
+    """Population phase: claim chunks, train them, repair, until every net of the range is
+    stored (by this run or another); waits for other writers' chunks. Returns the slots."""
+    if run.checkpoints:
+        stop_signals.wait_for_checkpoint = {signal.SIGTERM}
+    run.leases.start_renewing()
+    try:
+        while True:
+            claims = Claims(run.store, run.leases, run.work, run.lo, run.hi)
+            resume = None
+            if saved is not None:
+                resume, saved = _resumed(run.cfg, saved, claims, run.on_note), None
+            if claims.todo or resume is not None:
+                slots = slots or choose_slots(run.cfg, len(run.pending_in(run.work)))
+                _train_claimed(run, claims, slots, resume, on_progress)
+            left, free = _repair_round(run)
+            if not len(left):
+                break
+            if not len(free):  # the rest is another writer's: wait for it, or its expiry
+                stop_signals.check(now=True)  # nothing in flight to checkpoint
+                if on_wait:
+                    on_wait(len(left))
+                time.sleep(min(run.cfg.run.lease_seconds / 4, 5.0))
+    finally:
+        run.leases.release_all()
+    if run.checkpoints:
+        run.checkpoints.delete()  # every net it held is in the store
+    return slots
+
+
+def _train_claimed(run: _Run, claims: Claims, slots: int, resume, on_progress) -> None:
+    """Train what `claims` holds (resuming an adopted checkpoint's state), writing each batch
+    of finished nets whose chunk is still this run's as soon as it is handed back."""
+    run.population = population = Population(run.cfg, task_data(run.cfg), slots)
+    if resume is not None:
+        try:
+            resume = (population.import_state(resume[0]), resume[1])
+        except ValueError as e:
+            if run.on_note:
+                run.on_note(f"ignoring the checkpoint: its state does not fit ({e})")
+            resume = None
+            claims.first = [int(n) for n in claims.in_flight] + claims.first
+    for done in population.run(claims.ids(), on_step=run.step, resume=resume,
+                               on_state=run.on_state if run.checkpoints else None):
+        net_ids = done.net_id
+        keep = claims.still_held(net_ids)
+        run.dropped += int((~keep).sum())
+        done = _subset(done, keep)
+        # A stop waits until the rows are written and reported: none half done.
+        with stop_signals.deferred():
+            try:
+                write_finished(run.store, run.cfg, done)
+            except OSError as e:
+                raise write_error(run.cfg, run.store, run.n_tier, e) from e
+            run.trained += len(done)
+            if on_progress:
+                on_progress(done)
+        claims.finished(net_ids)
+
+
+def _repair_round(run: _Run) -> tuple[np.ndarray, np.ndarray]:
+    """Repair phase, after each round of training: what another writer (or the disk) did
+    meanwhile; rows that fail `verify` go back to pending. Returns (pending ids of the
+    range, those no other writer holds)."""
+    with run.leases.locked():
+        before = len(run.pending_in(run.work))
+        run.store = _reset_damaged(run.store, run.on_repair, skip=run.leases.others())
+        run.repairs += len(run.pending_in(run.work)) > before
+        others = run.leases.others()
+        left = run.pending_in(run.work)
+        free = run.pending_in(set(run.work) - others)
+    if run.repairs > _REPAIR_ROUNDS:
+        raise DamagedStoreError(f"store at {run.out}: nets {_ids_text(left)} still fail "
+                                f"`mlds verify` after {_REPAIR_ROUNDS} rounds of training")
+    return left, free
+
+
+def _pack_if_complete(run: _Run) -> None:
+    """Pack phase: the run that finds the whole store finished, with no other writer left,
+    packs its weights into one memory-mappable block."""
+    with run.leases.locked():
+        if run.cfg.run.pack and not len(run.store.pending()) and not run.leases.others():
+            if not DatasetStore.open(run.store.path, mode="r").packed:
+                run.store.check_writable()
+                pack(run.store.path)
 
 
 def _resumed(cfg: DatasetConfig, saved: Saved, claims: Claims, on_note):
@@ -361,20 +432,6 @@ def prepare_store(cfg: DatasetConfig, out: str | Path, n_tier: int,
         return open_store(cfg, out, n_tier)
 
 
-def _write_error(cfg: DatasetConfig, store: DatasetStore, total: int, e: OSError) -> StoreError:
-    """One line for a failed write: the path, and for a full disk the space still needed."""
-    why = e.strerror or str(e)
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"cannot write to store at {store.path}: {why}")
-    left = len(store.pending(total))
-    need = left * row_bytes(n_params=store.n_params, n_log=store.n_log,
-                            n_accuracies=store.n_accuracies, n_hyper=store.n_hyper)
-    return StoreError(f"disk full writing to {store.path} ({why}): the {left} nets left need "
-                      f"about {_size(need)}, {_size(shutil.disk_usage(store.path).free)} are "
-                      f"free; the {total - left} nets stored are kept, free space and rerun "
-                      f"the same command")
-
-
 def _ids_text(ids) -> str:
     ids = [int(i) for i in ids]
     head = ", ".join(map(str, ids[:8]))
@@ -409,50 +466,6 @@ def _reset_damaged(store: DatasetStore, on_repair: Callable[[list[int], str], No
     if on_repair:
         on_repair(damaged, report.first_problem(damaged))
     return store
-
-
-def preflight(cfg: DatasetConfig, out: str | Path, total: int, overwrite: bool) -> None:
-    """Refuse, before anything is written, a tier this machine cannot hold: the disk the new
-    rows need at `out` and the host memory resuming needs (every row's status, plus ids)."""
-    out = Path(out)
-    existing = 0
-    if not overwrite and (out / "zarr.json").is_file():
-        try:
-            existing = DatasetStore.open(out, mode="r").n_nets
-        except StoreError:
-            pass  # open_or_create says what is wrong with it
-    need_disk = max(total - existing, 0) * row_bytes(
-        n_params=models.num_params(cfg.network), n_log=cfg.max_cap,
-        n_accuracies=len(cfg.accuracy_names), n_hyper=len(SWEEPABLE))
-    need_mem = total * 9  # status (uint8) and pending ids (int64) of every row
-    where = next(p for p in (out, *out.absolute().parents) if p.exists())
-    free_disk = shutil.disk_usage(where).free
-    memory = _host_memory()
-    problems = []
-    if need_disk > free_disk:
-        problems.append(f"their rows need {_size(need_disk)} of disk ({_size(free_disk)} "
-                        f"free at {where})")
-    if memory and need_mem > memory:
-        problems.append(f"tracking them needs {_size(need_mem)} of memory "
-                        f"({_size(memory)} here)")
-    if problems:
-        raise StoreError(f"{total:,} nets cannot be made here: {'; '.join(problems)}; "
-                         f"choose a smaller --per-task")
-
-
-def _host_memory() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
-        if n < 1000 or unit == "EB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    raise AssertionError
 
 
 def _unpack_if_work_left(out: str | Path, total: int) -> None:

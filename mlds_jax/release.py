@@ -46,16 +46,15 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
 
-from mlds_jax.store import (
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.disk import abandoned_creating_dirs, creating_dir
+from mlds_jax.store.schema import (
     ARRAY_NAMES,
     ROW_CHECKSUMS,
     STATUS_PENDING,
     TABLES,
     WEIGHT_ARRAYS,
-    DatasetStore,
     StoreError,
-    abandoned_creating_dirs,
-    creating_dir,
 )
 
 SUMS = "SHA256SUMS"
@@ -86,7 +85,7 @@ def release(store_path, tiers, out_dir, *,
     """Write one archive per tier (nets per task, each >= 1) of the store at ``store_path``
     into ``out_dir`` and update ``out_dir/SHA256SUMS``; see the module docstring. Every tier
     is checked before any is written."""
-    from mlds_jax.verify import verify
+    from mlds_jax.store.verify import verify
 
     store = DatasetStore.open(store_path, mode="r")
     if store.archive:
@@ -187,8 +186,8 @@ def _write_card(src: Path, out: Path) -> None:
     readme = src / "README.md"
     if not readme.is_file():
         return
-    from mlds_jax.card import write_card
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.card import write_card
+    from mlds_jax.research.reader import open_dataset
 
     found = re.search(r"card written (\d{4})-(\d{2})-(\d{2})", readme.read_text())
     if found is None:  # a card of another form: shipped as it is
@@ -203,7 +202,7 @@ def _write_card(src: Path, out: Path) -> None:
 
 def _check_tier(path: Path, n: int) -> None:
     """The tier store reads back whole: every chunk decodes, every row matches its crc32c."""
-    from mlds_jax.verify import verify
+    from mlds_jax.store.verify import verify
 
     report = verify(path)
     if not report.ok or report.n_nets != n or report.rows_checksummed < min(n, 1):
@@ -237,7 +236,7 @@ def sha256_of(path: Path) -> str:
 def _update_sums(out_dir: Path, sums: dict[str, str]) -> None:
     """``SHA256SUMS`` in ``sha256sum``'s format: the archives written now replace their old
     lines, others' lines stay."""
-    from mlds_jax.store import write_atomic
+    from mlds_jax.store.schema import write_atomic
 
     path = out_dir / SUMS
     old = {}
@@ -253,7 +252,7 @@ def _update_sums(out_dir: Path, sums: dict[str, str]) -> None:
 def unpack(archive, out) -> Path:
     """Extract the release archive ``archive`` into a store at ``out`` (which must not exist
     or be empty) and pack its weights (``mlds pack``) so that ``weights_memmap()`` works."""
-    from mlds_jax.rawrows import pack
+    from mlds_jax.store.rawrows import pack
 
     archive, out = Path(archive), Path(out)
     if not archive.is_file() or not zipfile.is_zipfile(archive):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from mlds_jax import generate as gen
-from mlds_jax.config import SWEEPABLE, load_config
-from mlds_jax.store import STATUS_CAPPED, STATUS_CONVERGED, STATUS_DIVERGED
+from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import SWEEPABLE
+from mlds_jax.store.schema import STATUS_CAPPED, STATUS_CONVERGED, STATUS_DIVERGED
 
 MAX_EPOCHS = 40  # smoke recipe with a longer cap, so epochs and loss curves vary
 CHECK_EVERY = 2  # the smoke recipe's
@@ -83,7 +84,7 @@ def assert_same_as(path, reference) -> None:
     """The store at `path` holds the nets of `reference` (a run that was never stopped):
     status, epochs, task, initial weights exactly, weights and loss curves to 1e-5; and it
     passes `verify` with no stray files."""
-    from mlds_jax.verify import verify
+    from mlds_jax.store.verify import verify
 
     got, ref = read_all(path), read_all(reference)
     for name in ("status", "epochs", "task", "initial_weights"):

@@ -14,8 +14,8 @@ from mlds_jax.analysis import WeightDataset, WeightRows, iterate_batches, load_s
 from mlds_jax.analysis.splits import SPLITS, TRAIN
 from mlds_jax.analysis.symmetry import Symmetries
 from mlds_jax.cli import main
-from mlds_jax.reader import open_dataset
-from mlds_jax.rawrows import pack
+from mlds_jax.research.reader import open_dataset
+from mlds_jax.store.rawrows import pack
 from tests.stores import build_store, plausible_rows, smoke_config
 
 N = 80
@@ -77,7 +77,7 @@ def test_analysis_ships_splits_and_updates_the_card(analyzed):
     card = (path / "README.md").read_text()
     assert "## Weight-space analysis" in card and "raw/linear" in card
     assert (path / "analysis" / "analysis_projection.png").stat().st_size > 1000
-    from mlds_jax.verify import verify
+    from mlds_jax.store.verify import verify
 
     report = verify(path)  # what analyze adds does not disturb the store
     assert report.ok, [str(p) for p in report.problems]

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlds_jax import models
 from mlds_jax.analysis.symmetry import Symmetries
+from mlds_jax.train import models
 
 CONFIGS = {
     "gru-tanh": models.NetworkConfig(),

@@ -1,4 +1,4 @@
-"""`mlds card` (mlds_jax/card.py): README.md with the tables a reader needs, three PNG
+"""`mlds card` (mlds_jax/research/card.py): README.md with the tables a reader needs, three PNG
 figures, a PCA that separates what differs, and a carded store that stays a store."""
 
 import re
@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.card import pca_2d
 from mlds_jax.cli import main
+from mlds_jax.research.card import pca_2d
 from tests.stores import build_store, smoke_config
 
 PNG = b"\x89PNG\r\n\x1a\n"

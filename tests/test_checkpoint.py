@@ -3,8 +3,8 @@ gives it (orbax refuses relative paths: the run used to die at its first checkpo
 
 import numpy as np
 
-from mlds_jax.checkpoint import Checkpoints
-from mlds_jax.leases import Leases
+from mlds_jax.store.checkpoint import Checkpoints
+from mlds_jax.store.leases import Leases
 
 
 def test_checkpoint_of_a_store_at_a_relative_path(tmp_path, monkeypatch):

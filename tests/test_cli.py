@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import mlds_jax
 from mlds_jax import generate as gen
 from mlds_jax.cli import main
-from mlds_jax.config import SWEEPABLE, load_config
+from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import SWEEPABLE
 
 PER_TASK = 4  # 20 nets
 ARRAYS = ("weights", "initial_weights", "task", "seed", "status", "epochs", "loss_curve",

@@ -2,7 +2,9 @@ import dataclasses
 
 import pytest
 
-from mlds_jax.config import CONFIG_DIR, ConfigError, DatasetConfig, Recipe, from_dict, load_config
+from mlds_jax.config.dataset import DatasetConfig
+from mlds_jax.config.load import CONFIG_DIR, from_dict, load_config
+from mlds_jax.config.sections import ConfigError, Recipe
 from mlds_jax.tasks.machines import MACHINES
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlds_jax import cpu_kernel, models
-from mlds_jax.models import NetworkConfig
+from mlds_jax.config.network import NetworkConfig
+from mlds_jax.train import cpu_kernel, models
 from tests.torch_reference import torch_net
 
 DS1 = NetworkConfig()
@@ -265,7 +265,7 @@ def _fresh_process(code: str, **env) -> str:
 
 
 def test_without_a_working_compiler_training_falls_back_to_xla(tmp_path):
-    code = ("from mlds_jax import cpu_kernel, models; "
+    code = ("from mlds_jax.train import cpu_kernel, models; "
             "print(cpu_kernel.available(), models.choose_recurrence(models.NetworkConfig()), "
             "models.choose_recurrence(models.NetworkConfig(cell='lstm')), "
             "'|', cpu_kernel.unavailable_reason().splitlines()[0])")
@@ -278,7 +278,7 @@ def test_without_a_working_compiler_training_falls_back_to_xla(tmp_path):
 
 
 def test_build_goes_to_the_cache_once(tmp_path):
-    code = "from mlds_jax import cpu_kernel; print(cpu_kernel.available())"
+    code = "from mlds_jax.train import cpu_kernel; print(cpu_kernel.available())"
     assert _fresh_process(code, MLDS_JAX_CACHE=str(tmp_path)) == "True"
     built = sorted(tmp_path.rglob("*.so"))
     assert len(built) == 1

@@ -8,7 +8,7 @@ import torch
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config import load_config
+from mlds_jax.config.load import load_config
 from tests.test_machines import bits_of, reference
 
 LATCHES = ["SingleDirectMachine", "SingleInvertMachine"]

@@ -5,7 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mlds_jax.data import (
+from mlds_jax.tasks.automata import make_automaton, run_automaton
+from mlds_jax.tasks.machines import MACHINES, run_machine
+from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_commands
+from mlds_jax.train.data import (
     TaskData,
     TriggerTaskData,
     make_automaton_dataset_data,
@@ -16,9 +19,6 @@ from mlds_jax.data import (
     make_trigger_task_data,
     trigger_count,
 )
-from mlds_jax.tasks.automata import make_automaton, run_automaton
-from mlds_jax.tasks.machines import MACHINES, run_machine
-from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_commands
 
 SIZES = dict(
     train_sequences=12, train_length=7, val_sequences=5, val_length=11, write_probability=0.5

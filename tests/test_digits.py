@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlds_jax import models
 from mlds_jax.tasks import digits
+from mlds_jax.train import models
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -128,14 +128,15 @@ def test_cnn_matches_torch_conv2d_on_the_same_weights(split):
             w = np.asarray(flat[spec.offset:spec.offset + spec.size])
             assert np.abs(w).max() <= 1 / np.sqrt(fan_in) and w.std() > 0.3 / np.sqrt(fan_in)
     # The package's own export module gives the same logits.
-    from mlds_jax.torch_export import torch_net
+    from mlds_jax.research.torch_export import torch_net
     net = torch_net(cfg, [s.as_dict() for s in layout], np.asarray(flat))
     with torch.no_grad():
         np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), want, atol=1e-6)
 
 
 def test_ds4_configs_are_twins_and_bad_ones_name_the_key():
-    from mlds_jax.config import ConfigError, load_config
+    from mlds_jax.config.load import load_config
+    from mlds_jax.config.sections import ConfigError
 
     clean, trojan = load_config("ds4"), load_config("ds4-trojan")
     assert isinstance(clean.network, models.ConvNetConfig) and clean.network == trojan.network

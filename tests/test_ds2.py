@@ -8,8 +8,9 @@ import torch
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config import ConfigError, load_config
-from mlds_jax.data import make_trigger_task_data
+from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import ConfigError
+from mlds_jax.train.data import make_trigger_task_data
 from tests.torch_reference import torch_net
 
 DS2 = ['name="ds2-smoke"', "trigger.bytes=[7, 200, 7]"]

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import mlds_jax
-from mlds_jax import cpu_kernel
 from mlds_jax import generate as gen
-from mlds_jax.config import ConfigError, load_config
-from mlds_jax.data import make_automaton_task_data
+from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import ConfigError
 from mlds_jax.tasks.automata import make_automaton, run_automaton
+from mlds_jax.train import cpu_kernel
+from mlds_jax.train.data import make_automaton_task_data
 from tests.torch_reference import torch_net
 
 TINY = ['name="ds3-tiny"', "automata.count=3", "recipe.train_sequences=64",
@@ -81,13 +82,13 @@ def test_ds3_config_rules():
 def test_ds3_trains_on_the_whole_net_kernel_on_a_cpu():
     """`mlds generate ds3` on a CPU with a compiler: one kernel call per net and minibatch
     (training and validation), not XLA's recurrence."""
-    from mlds_jax import models, train
+    from mlds_jax.train import models, population, step
 
     cfg = load_config("ds3")
     if not cpu_kernel.available():
         pytest.skip(cpu_kernel.unavailable_reason())
     assert models.choose_recurrence(cfg.network, cfg.run.recurrence) == "cpu-kernel"
-    assert train._whole_net_kernel(cfg)
+    assert step._whole_net_kernel(cfg)
 
 
 # The DS3 network on a tiny recipe with plain Adam (no decay), for the trainer against torch.
@@ -106,19 +107,19 @@ def test_training_equals_torch_adam_on_same_order(recurrence):
     CPU with a compiler) and on XLA's recurrence."""
     import jax
 
-    from mlds_jax import models, train
     from mlds_jax.generate import task_data
+    from mlds_jax.train import models, population, step
 
     cfg = load_config("ds3", ADAM + [f"run.recurrence={recurrence}"])
     if recurrence == "auto" and cpu_kernel.available():
-        assert train._whole_net_kernel(cfg)
+        assert step._whole_net_kernel(cfg)
     data = task_data(cfg)[0]
     n = 1
-    done = next(iter(train.Population(cfg, data, 1).run([n])))
+    done = next(iter(population.Population(cfg, data, 1).run([n])))
     r = cfg.recipe
     net = torch_net(cfg.network, done.initial_weights[0])
     opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
-    order_key = jax.random.fold_in(train.net_key(cfg.seed, n), train.ORDER_KEY)
+    order_key = jax.random.fold_in(step.net_key(cfg.seed, n), step.ORDER_KEY)
     t = n % cfg.num_tasks
     xs, ys = torch.tensor(data.train_inputs[t]), torch.tensor(data.train_targets[t])
     losses = []
@@ -147,7 +148,7 @@ def test_info_shows_the_converged_share_per_automaton_size(store):
     from click.testing import CliRunner
 
     from mlds_jax.cli import main
-    from mlds_jax.reader import size_bin_summary
+    from mlds_jax.research.reader import size_bin_summary
 
     cfg, ds = store
     states = [make_automaton(11, a).n_states for a in range(3)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlds_jax.store import DatasetStore
+from mlds_jax.store.dataset_store import DatasetStore
 from mlds_jax.tasks import digits
 
 torch = pytest.importorskip("torch")
@@ -135,9 +135,9 @@ def test_info_works_and_what_is_not_built_says_so_in_one_line(stores):
 
 def test_a_checkpointed_population_resumes_to_the_same_weights():
     """The trigger arrays in NetState.task_params travel through export/import_state."""
-    from mlds_jax import vision
-    from mlds_jax.config import load_config
-    from mlds_jax.train import Population
+    from mlds_jax.config.load import load_config
+    from mlds_jax.train import vision
+    from mlds_jax.train.population import Population
 
     cfg = load_config("ds4-trojan", ["recipe.max_epochs=4", "recipe.check_every=2"])
     split = vision.split_of(cfg.seed)

@@ -1,4 +1,4 @@
-"""`mlds export` (mlds_jax/export.py): each format round-trips the selected rows with the
+"""`mlds export` (mlds_jax/research/export.py): each format round-trips the selected rows with the
 layout table and per-net metadata; bad selections fail with one line and write nothing."""
 
 import json
@@ -83,7 +83,7 @@ def test_safetensors(store_path, tmp_path):
 
 def test_torch(store_path, tmp_path):
     torch = pytest.importorskip("torch")
-    from mlds_jax.torch_export import load_nets
+    from mlds_jax.research.torch_export import load_nets
 
     ds = mlds_jax.open_dataset(store_path)
     out = tmp_path / "x.pt"

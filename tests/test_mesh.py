@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import train
+from mlds_jax.train import population, step
 
 N_NETS = 5  # odd: 3 slots are rounded up to 4 on two devices, 4 -> 2 when compacted
 # The smoke config with test_train's tiny recipe: nets stop at different checks (threshold
@@ -23,8 +23,8 @@ SCRIPT = """
 import sys
 import jax
 import numpy as np
-from mlds_jax import train
-from mlds_jax.config import load_config
+from mlds_jax.train import population
+from mlds_jax.config.load import load_config
 from mlds_jax.generate import task_data
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -34,7 +34,7 @@ data = task_data(cfg)
 saved = {}
 # One device, one slot (a single compile); then both devices, 3 slots asked for.
 for name, devices, slots in (("one", jax.local_devices()[:1], 1), ("two", jax.local_devices(), 3)):
-    pop = train.Population(cfg, data, slots, devices=devices)
+    pop = population.Population(cfg, data, slots, devices=devices)
     step, rows = pop._step, []
 
     def spy(state, new_ids, *rest, step=step, rows=rows):  # rest: per-net arrays, data
@@ -83,7 +83,7 @@ def test_two_devices_train_the_same_nets_as_one(tmp_path):
     np.testing.assert_array_equal(two["net_id"], np.arange(N_NETS))
     np.testing.assert_array_equal(one["net_id"], np.arange(N_NETS))
     # Nets really stopped at different checks, some short of the cap.
-    assert len(set(one["epochs"].tolist())) > 1 and train.CONVERGED in one["status"]
+    assert len(set(one["epochs"].tolist())) > 1 and step.CONVERGED in one["status"]
     np.testing.assert_array_equal(two["status"], one["status"])
     np.testing.assert_array_equal(two["epochs"], one["epochs"])
     np.testing.assert_array_equal(two["initial_weights"], one["initial_weights"])
@@ -93,6 +93,6 @@ def test_two_devices_train_the_same_nets_as_one(tmp_path):
 
 
 def test_slots_round_up_to_a_multiple_of_the_devices():
-    assert [train.round_slots(m, 2) for m in (0, 1, 2, 3, 4)] == [0, 2, 2, 4, 4]
-    assert [train.round_slots(m, 1) for m in (1, 5)] == [1, 5]  # one device: as asked
-    assert train.round_slots(129, 8) == 136
+    assert [population.round_slots(m, 2) for m in (0, 1, 2, 3, 4)] == [0, 2, 2, 4, 4]
+    assert [population.round_slots(m, 1) for m in (1, 5)] == [1, 5]  # one device: as asked
+    assert population.round_slots(129, 8) == 136

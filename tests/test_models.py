@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlds_jax import models
-from mlds_jax.models import NetworkConfig
+from mlds_jax.config.network import NetworkConfig
+from mlds_jax.train import models
 from tests.torch_reference import TorchNet, torch_net
 
 DS1 = NetworkConfig()

@@ -1,4 +1,4 @@
-"""Reading a store (mlds_jax/reader.py, mlds_jax/rawrows.py): fast reads
+"""Reading a store (mlds_jax/research/reader.py, mlds_jax/store/rawrows.py): fast reads
 and memory maps equal zarr's reads, packing gives one zero-copy [N, P] map that zarr and
 tensorstore still read, the metadata table, selections, and to_torch against the JAX model."""
 
@@ -11,11 +11,12 @@ import pytest
 import zarr
 
 import mlds_jax
-from mlds_jax import models
-from mlds_jax.config import SWEEPABLE
-from mlds_jax.reader import SelectionError
-from mlds_jax.rawrows import pack
-from mlds_jax.store import DatasetStore, StoreError
+from mlds_jax.config.sections import SWEEPABLE
+from mlds_jax.research.reader import SelectionError
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.rawrows import pack
+from mlds_jax.store.schema import StoreError
+from mlds_jax.train import models
 from tests.stores import build_store, plausible_rows, smoke_config
 
 N = 30  # chunks of 4 rows: 8 chunks, the last one half full

@@ -19,11 +19,11 @@ from zarr.storage import LocalStore, ZipStore
 
 import mlds_jax
 from mlds_jax.analysis.splits import split_of, write_splits
-from mlds_jax.card import write_card
 from mlds_jax.cli import main
+from mlds_jax.research.card import write_card
 from mlds_jax.release import release
-from mlds_jax.store import ROW_CHECKSUMS, StoreError
-from mlds_jax.verify import verify
+from mlds_jax.store.schema import ROW_CHECKSUMS, StoreError
+from mlds_jax.store.verify import verify
 from tests.stores import ROW_ARRAYS, build_store
 
 K = 5  # smoke tasks
@@ -96,7 +96,7 @@ def test_two_releases_are_byte_identical(source, tmp_path):
 def test_a_packed_store_releases_the_same_bytes(source, tmp_path):
     """`mlds pack` stores the weights as one shard; the archive holds plain chunks either way,
     so nothing outside the zip is needed and the bytes do not depend on the layout."""
-    from mlds_jax.rawrows import pack
+    from mlds_jax.store.rawrows import pack
 
     shutil.copytree(source / "s.zarr", tmp_path / "p.zarr")
     assert pack(tmp_path / "p.zarr") == ["weights", "initial_weights"]
@@ -177,7 +177,7 @@ def test_refuses_what_is_not_releasable(source, tmp_path):
 def test_ds3_automata_travel_with_the_tier(tmp_path):
     """The automata (the store's tables) are in the archive: a net's training data can be
     regenerated from the zip alone."""
-    from mlds_jax.config import load_config
+    from mlds_jax.config.load import load_config
 
     cfg = load_config("ds3", ['name="ds3-tiny"', "automata.count=3", "network.hidden_size=4",
                               "network.num_layers=1", "network.head_sizes=[4]",

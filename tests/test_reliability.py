@@ -24,9 +24,9 @@ import pytest
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config import load_config
-from mlds_jax.rawrows import pack
-from mlds_jax.verify import verify
+from mlds_jax.config.load import load_config
+from mlds_jax.store.rawrows import pack
+from mlds_jax.store.verify import verify
 
 from .stores import ROW_ARRAYS, assert_same_as, build_store, read_all
 
@@ -250,7 +250,7 @@ def test_verify_checks_every_shape_against_the_others_and_the_attrs(reference, t
 
 _KILL_AT_RENAME = """
 import os, signal, sys
-from mlds_jax import rawrows
+from mlds_jax.store import rawrows
 real, calls = os.rename, []
 def rename(a, b):
     real(a, b)
@@ -376,7 +376,7 @@ def test_a_checkpoint_of_another_package_version_is_ignored_with_a_line(tmp_path
     pack(out, unpack=True)
     ds = mlds_jax.open_dataset(out)
     ds.store  # noqa: B018
-    from mlds_jax.store import DatasetStore
+    from mlds_jax.store.dataset_store import DatasetStore
 
     DatasetStore.open(out, mode="r+").reset_rows([0, 1])
     ckpt = out / "checkpoints" / "elsewhere_1_x"

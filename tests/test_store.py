@@ -1,4 +1,4 @@
-"""The store's schema, resume state, write ordering and error handling (mlds_jax/store.py)."""
+"""The store's schema, resume state, write ordering and error handling (mlds_jax/store/)."""
 
 import json
 import math
@@ -8,14 +8,9 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
-import mlds_jax.store
-from mlds_jax.store import (
-    ROW_CHECKSUMS,
-    ConfigMismatchError,
-    DamagedStoreError,
-    DatasetStore,
-    StoreError,
-)
+from mlds_jax.store import dataset_store
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import ROW_CHECKSUMS, ConfigMismatchError, DamagedStoreError, StoreError
 
 P, E, A, H, CHUNK = 7, 5, 2, 3, 4
 
@@ -249,7 +244,7 @@ def test_status_written_last(tmp_path, monkeypatch):
     store = make(tmp_path / "s", n_nets=16)
     written = []
     original_set, original_delete = LocalStore.set, LocalStore.delete
-    original_write = mlds_jax.store.write_atomic
+    original_write = dataset_store.write_atomic
 
     async def recording_set(self, key, value):
         written.append(key)
@@ -265,7 +260,7 @@ def test_status_written_last(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LocalStore, "set", recording_set)
     monkeypatch.setattr(LocalStore, "delete", recording_delete)
-    monkeypatch.setattr(mlds_jax.store, "write_atomic", recording_write)
+    monkeypatch.setattr(dataset_store, "write_atomic", recording_write)
     ids = np.array([13, 1, 6, 2])  # chunks 0, 1, 3
     store.write_rows(ids, **rows(ids))
     arrays = [k.rsplit("/c/", 1)[0] for k in written]

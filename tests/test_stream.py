@@ -1,4 +1,4 @@
-"""Streamed training data (mlds_jax.stream) against the NumPy machines, triggers and
+"""Streamed training data (mlds_jax.train.stream) against the NumPy machines, triggers and
 automata, and the stream's contract: (seed, task, epoch) alone decides the draws."""
 
 import jax
@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlds_jax import stream
-from mlds_jax.config import load_config
+from mlds_jax.config.load import load_config
 from mlds_jax.tasks.automata import make_automaton, run_automaton, stack_automata
 from mlds_jax.tasks.machines import MACHINES, bits_to_bytes, run_machine
 from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_completions
+from mlds_jax.train import stream
 
 TRIGGER = (0xA5, 0x3C, 0x0F)
 OFF = dict(curriculum_epochs=0.0, curriculum_pass=0.0, start_length=0.0, start_popcount=0.0, start_idle_noise=1.0,
@@ -102,7 +102,7 @@ def test_length_curriculum_grades_a_prefix():
 
 
 def test_masked_steps_add_nothing_to_the_loss_or_gradient():
-    from mlds_jax import models
+    from mlds_jax.train import models
     cfg = load_config("smoke", ["recipe.train_data=\"stream\""])
     net = cfg.network
     flat = models.flatten_params(models.init_params(net, jax.random.key(0)),

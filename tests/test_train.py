@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlds_jax import models, train
-from mlds_jax.config import SWEEPABLE, DatasetConfig, Recipe, RunOptions, load_config
+from mlds_jax.config.dataset import DatasetConfig
+from mlds_jax.config.load import load_config
+from mlds_jax.config.sections import SWEEPABLE, Recipe, RunOptions
 from mlds_jax.generate import task_data
+from mlds_jax.train import models, population, step
 from tests.torch_reference import torch_net
 
 # Tiny recipe with a threshold of 0.47 on the worst pin: some nets pass it at a check (their
@@ -43,7 +45,7 @@ def data():
 def runs(data):
     results, pops = {}, {}
     for slots in (N_NETS, 1, 4):
-        pop = train.Population(CFG, data, slots)
+        pop = population.Population(CFG, data, slots)
         results[slots] = collect(pop.run(range(N_NETS)), N_NETS)
         pops[slots] = pop
     return results, pops
@@ -53,7 +55,7 @@ def test_vectorised_equals_one_net_at_a_time(runs):
     results, _ = runs
     alone, together, refilled = results[1], results[N_NETS], results[4]
     # The statuses really differ, so M=4 refilled slots while others kept training.
-    assert set(alone["status"].tolist()) == {train.CONVERGED, train.CAPPED}
+    assert set(alone["status"].tolist()) == {step.CONVERGED, step.CAPPED}
     for other in (together, refilled):
         np.testing.assert_array_equal(other["initial_weights"], alone["initial_weights"])
         np.testing.assert_array_equal(other["status"], alone["status"])
@@ -79,7 +81,7 @@ def test_step_compiles_once_per_population_size(runs, data):
 
 def test_result_does_not_depend_on_order_or_neighbours(runs, data):
     results, _ = runs
-    pop = train.Population(CFG, data, 2)
+    pop = population.Population(CFG, data, 2)
     got = collect(pop.run([5, 2, 0, 4, 1, 3]), N_NETS)
     assert np.abs(got["weights"] - results[1]["weights"]).max() <= 1e-5
 
@@ -105,13 +107,13 @@ def test_stop_rules_and_records(runs, data):
         assert CFG.accuracy_names == ("val_bit_accuracy", "val_worst_pin_accuracy",
                                       "val_sequences_right")
         np.testing.assert_allclose(res["val_accuracy"][n], want, atol=1e-6)
-        if status == train.CONVERGED:
+        if status == step.CONVERGED:
             assert worst >= r.threshold
         else:
-            assert status == train.CAPPED and epochs == r.max_epochs and worst < r.threshold
+            assert status == step.CAPPED and epochs == r.max_epochs and worst < r.threshold
         # Initial weights are the net's own init, from (seed, n) alone.
-        init = models.init_params(CFG.network, jax.random.fold_in(train.net_key(CFG.seed, n),
-                                                                  train.INIT_KEY))
+        init = models.init_params(CFG.network, jax.random.fold_in(step.net_key(CFG.seed, n),
+                                                                  step.INIT_KEY))
         np.testing.assert_array_equal(models.flatten_params(init, layout, xp=np),
                                       res["initial_weights"][n])
 
@@ -120,7 +122,7 @@ def test_stop_rules_and_records(runs, data):
 def xla_runs(data):
     """The trainer with the recurrence left to XLA (what a GPU runs), nets 0..5 at once."""
     cfg = dataclasses.replace(CFG, run=dataclasses.replace(CFG.run, recurrence="xla"))
-    return collect(train.Population(cfg, data, N_NETS).run(range(N_NETS)), N_NETS)
+    return collect(population.Population(cfg, data, N_NETS).run(range(N_NETS)), N_NETS)
 
 
 @pytest.mark.parametrize("recurrence", ["auto", "xla"])
@@ -133,7 +135,7 @@ def test_training_equals_torch_adam_on_same_order(runs, data, recurrence, reques
     r = RECIPE
     net = torch_net(CFG.network, res["initial_weights"][n])
     opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
-    order_key = jax.random.fold_in(train.net_key(CFG.seed, n), train.ORDER_KEY)
+    order_key = jax.random.fold_in(step.net_key(CFG.seed, n), step.ORDER_KEY)
     t = n % CFG.num_tasks
     xs, ys = torch.tensor(data.train_inputs[t]), torch.tensor(data.train_targets[t])
     losses = []
@@ -156,22 +158,22 @@ def test_training_equals_torch_adam_on_same_order(runs, data, recurrence, reques
 def test_non_finite_loss_marks_net_diverged(data):
     poisoned = dataclasses.replace(data, train_inputs=data.train_inputs.copy())
     poisoned.train_inputs[2, 5, 3, 1] = np.nan  # one value in EightBit's training set
-    res = collect(train.Population(CFG, poisoned, 5).run(range(5)), 5)
-    assert res["status"][2] == train.DIVERGED
+    res = collect(population.Population(CFG, poisoned, 5).run(range(5)), 5)
+    assert res["status"][2] == step.DIVERGED
     assert res["epochs"][2] == 1  # stopped in the epoch whose loss was not finite
     assert np.isnan(res["val_accuracy"][2]).all()
-    assert all(res["status"][n] in (train.CONVERGED, train.CAPPED) for n in (0, 1, 3, 4))
+    assert all(res["status"][n] in (step.CONVERGED, step.CAPPED) for n in (0, 1, 3, 4))
 
 
 def test_slots_from_memory_budget():
     budget = dataclasses.replace(CFG, run=RunOptions(memory_budget_mb=64))
-    per_slot = train.bytes_per_slot(budget, budget.run.val_batch)
-    assert train.choose_slots(budget, 10**6) == 64 * 2**20 // per_slot
-    assert train.choose_slots(budget, 3) == 3  # never more slots than nets
+    per_slot = population.bytes_per_slot(budget, budget.run.val_batch)
+    assert population.choose_slots(budget, 10**6) == 64 * 2**20 // per_slot
+    assert population.choose_slots(budget, 3) == 3  # never more slots than nets
     roomy = dataclasses.replace(CFG, run=RunOptions(memory_budget_mb=10**5))
-    assert train.choose_slots(roomy, 10**6) == train.CPU_SLOTS  # the CPU cap (tests run on CPU)
+    assert population.choose_slots(roomy, 10**6) == population.CPU_SLOTS  # the CPU cap (tests run on CPU)
     fixed = dataclasses.replace(CFG, run=RunOptions(slots=5))
-    assert train.choose_slots(fixed, 100) == 5
+    assert population.choose_slots(fixed, 100) == 5
 
 
 # --- per-net hyperparameters ([sweep]) ---------------------------------------------------------
@@ -186,7 +188,7 @@ SWEPT = dataclasses.replace(CFG, sweep=SWEEP)
 @pytest.fixture(scope="module")
 def swept_runs(data):
     """15 nets (3 per task, one per sweep point) trained in one mixed population."""
-    return collect(train.Population(SWEPT, data, 15).run(range(15)), 15)
+    return collect(population.Population(SWEPT, data, 15).run(range(15)), 15)
 
 
 def plain(point):
@@ -197,7 +199,7 @@ def plain(point):
 @pytest.mark.parametrize("n", [6, 13])  # net 6: point 1 (task 1); net 13: point 2 (task 3)
 def test_net_in_sweep_equals_net_alone_with_plain_config(swept_runs, data, n):
     point = SWEEP[(n // CFG.num_tasks) % len(SWEEP)]
-    alone = collect(train.Population(plain(point), data, 1).run([n]), n + 1, [n])
+    alone = collect(population.Population(plain(point), data, 1).run([n]), n + 1, [n])
     np.testing.assert_array_equal(swept_runs["initial_weights"][n], alone["initial_weights"][n])
     assert np.abs(swept_runs["weights"][n] - alone["weights"][n]).max() <= 1e-5
     assert swept_runs["epochs"][n] == alone["epochs"][n]
@@ -206,7 +208,7 @@ def test_net_in_sweep_equals_net_alone_with_plain_config(swept_runs, data, n):
     np.testing.assert_array_equal(swept_runs["hyperparameters"][n],
                                   np.array([getattr(want, k) for k in SWEEPABLE], np.float32))
     # The point really changed the net: the default recipe gives another one.
-    default = collect(train.Population(CFG, data, 1).run([n]), n + 1, [n])
+    default = collect(population.Population(CFG, data, 1).run([n]), n + 1, [n])
     assert np.abs(default["weights"][n] - alone["weights"][n]).max() > 1e-3
 
 
@@ -216,7 +218,7 @@ def test_grid_point_of_net_n():
     assert [r.learning_rate for r in cfg.grid] == [1e-3] * 3 + [3e-3] * 3
     assert [r.clip_norm for r in cfg.grid] == [0, 1, 2] * 2
     for n in (0, 4, 5, 12, 31, 64):
-        hyper = train.net_hyperparameters(cfg, n)
+        hyper = step.net_hyperparameters(cfg, n)
         point = cfg.grid[(n // 5) % 6]  # replicate n div K, every task sees every point
         assert float(hyper["learning_rate"]) == np.float32(point.learning_rate)
         assert float(hyper["clip_norm"]) == point.clip_norm
@@ -226,9 +228,9 @@ def test_recipe_init_changes_only_what_it_names():
     cfg = dataclasses.replace(CFG, sweep=SWEEP)
     layout = models.param_layout(cfg.network)
     h = cfg.network.hidden_size
-    net = models.unflatten_params(np.asarray(train.init_net(cfg, 13).params), layout)  # point 2
-    ref = models.init_params(cfg.network, jax.random.fold_in(train.net_key(cfg.seed, 13),
-                                                             train.INIT_KEY))
+    net = models.unflatten_params(np.asarray(step.init_net(cfg, 13).params), layout)  # point 2
+    ref = models.init_params(cfg.network, jax.random.fold_in(step.net_key(cfg.seed, 13),
+                                                             step.INIT_KEY))
     for name, p in net.items():  # head: weights x head_gain 2, biases untouched
         if name != "rnn":
             np.testing.assert_allclose(p["weight"], 2.0 * np.asarray(ref[name]["weight"]))
@@ -267,7 +269,7 @@ def test_swept_optimizer_equals_torch_adamw_clipping_warmup(swept_runs, data):
         return min(1.0, (k + 1) / warm) * max(0.5 ** (max(k + 1 - warm, 0) / half), r.decay_floor)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    order_key = jax.random.fold_in(train.net_key(CFG.seed, n), train.ORDER_KEY)
+    order_key = jax.random.fold_in(step.net_key(CFG.seed, n), step.ORDER_KEY)
     t = n % CFG.num_tasks
     xs, ys = torch.tensor(data.train_inputs[t]), torch.tensor(data.train_targets[t])
     clipped = 0
@@ -297,9 +299,9 @@ STREAM = dataclasses.replace(
 
 def test_stream_nets_do_not_depend_on_slots_and_take_their_task_values(data):
     ids = list(range(5))
-    many = collect(train.Population(STREAM, data, 5).run(ids), 5)
+    many = collect(population.Population(STREAM, data, 5).run(ids), 5)
     for n in (1, 4):  # one net alone trains the same as among 5 slots of others
-        alone = collect(train.Population(STREAM, data, 1).run([n]), 5, [n])
+        alone = collect(population.Population(STREAM, data, 1).run([n]), 5, [n])
         np.testing.assert_allclose(alone["weights"][n], many["weights"][n], rtol=2e-5,
                                    atol=2e-6)
         np.testing.assert_allclose(alone["loss_curve"][n], many["loss_curve"][n], rtol=1e-5)
@@ -307,7 +309,7 @@ def test_stream_nets_do_not_depend_on_slots_and_take_their_task_values(data):
     hyper = {k: many["hyperparameters"][:, i] for i, k in enumerate(SWEEPABLE)}
     np.testing.assert_array_equal(hyper["max_epochs"], np.where(parity, 4, 8))
     np.testing.assert_allclose(hyper["learning_rate"], np.where(parity, 1e-2, 3e-3))
-    capped = many["status"] == train.CAPPED
+    capped = many["status"] == step.CAPPED
     np.testing.assert_array_equal(many["epochs"][capped], hyper["max_epochs"][capped])
     assert (many["epochs"] <= hyper["max_epochs"]).all()
     assert np.isnan(many["loss_curve"][parity, 4:]).all()
@@ -319,12 +321,12 @@ def test_ds2_stream_without_trigger_is_its_ds1_twin(data):
     0 the two nets train identically."""
     ds2 = dataclasses.replace(STREAM, trigger=load_config("ds2").trigger,
                               recipe=dataclasses.replace(STREAM.recipe, trigger_fraction=0.0))
-    a = collect(train.Population(STREAM, data, 3).run(range(3)), 3)
-    b = collect(train.Population(ds2, task_data(ds2), 3).run(range(3)), 3)
+    a = collect(population.Population(STREAM, data, 3).run(range(3)), 3)
+    b = collect(population.Population(ds2, task_data(ds2), 3).run(range(3)), 3)
     np.testing.assert_allclose(a["weights"], b["weights"], rtol=2e-5, atol=2e-6)
     # With the trigger in a third of the sequences, the same nets train differently.
     ds2 = dataclasses.replace(ds2, recipe=dataclasses.replace(ds2.recipe, trigger_fraction=0.3))
-    c = collect(train.Population(ds2, task_data(ds2), 3).run(range(3)), 3)
+    c = collect(population.Population(ds2, task_data(ds2), 3).run(range(3)), 3)
     assert not np.allclose(a["weights"], c["weights"], atol=1e-4)
 
 
@@ -336,8 +338,8 @@ def test_adaptive_curriculum_that_always_passes_is_the_schedule(data, monkeypatc
         cfg = dataclasses.replace(STREAM, task_recipes=(), recipe=dataclasses.replace(
             STREAM.recipe, curriculum_pass=0.0 if accuracy is None else 0.9, max_epochs=6))
         if accuracy is not None:
-            monkeypatch.setattr(train, "_level_accuracy", lambda *a: jnp.float32(accuracy))
-        return collect(train.Population(cfg, data, 2).run([3, 4]), 5, [3, 4])["weights"]
+            monkeypatch.setattr(step, "_level_accuracy", lambda *a: jnp.float32(accuracy))
+        return collect(population.Population(cfg, data, 2).run([3, 4]), 5, [3, 4])["weights"]
 
     schedule, always, never = run(None), run(1.0), run(0.5)
     np.testing.assert_allclose(always[3:], schedule[3:], rtol=2e-5, atol=2e-6)
@@ -346,9 +348,9 @@ def test_adaptive_curriculum_that_always_passes_is_the_schedule(data, monkeypatc
 
 def test_level_accuracy_counts_graded_steps_only(data):
     cfg = STREAM
-    flat = train.init_net(cfg, 3).params
+    flat = step.init_net(cfg, 3).params
     xs, ys = (jnp.asarray(a[3, :16]) for a in (data.train_inputs, data.train_targets))
     masked = ys.at[:, 5:].set(-1.0)
-    got = train._level_accuracy(cfg, flat, xs, masked)
-    right = (np.asarray(train._predict(cfg, flat, xs[:, :5])) > 0) == (np.asarray(ys[:, :5]) > 0.5)
+    got = step._level_accuracy(cfg, flat, xs, masked)
+    right = (np.asarray(step._predict(cfg, flat, xs[:, :5])) > 0) == (np.asarray(ys[:, :5]) > 0.5)
     np.testing.assert_allclose(got, right.mean((0, 1)).min(), rtol=1e-6)

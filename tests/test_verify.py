@@ -1,4 +1,4 @@
-"""`mlds verify` (mlds_jax/verify.py): flipped bytes on disk are found and named by row,
+"""`mlds verify` (mlds_jax/store/verify.py): flipped bytes on disk are found and named by row,
 inconsistent rows are reported, a sound store passes; exit status and output format."""
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from mlds_jax.cli import main
-from mlds_jax.rawrows import pack
-from mlds_jax.store import DatasetStore
-from mlds_jax.verify import verify
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.rawrows import pack
+from mlds_jax.store.verify import verify
 from tests.stores import build_store, plausible_rows, smoke_config
 
 P = 4364

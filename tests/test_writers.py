@@ -16,8 +16,8 @@ import pytest
 
 import mlds_jax
 from mlds_jax import generate as gen
-from mlds_jax.config import load_config
-from mlds_jax.leases import Claims, Leases
+from mlds_jax.config.load import load_config
+from mlds_jax.store.leases import Claims, Leases
 
 from .stores import assert_same_as, read_all
 

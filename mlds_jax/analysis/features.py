@@ -46,11 +46,11 @@ def probe_sequences(network: dict, n_sequences: int = 32, length: int = 32,
 def functional_features(network: dict, w: np.ndarray, probes: np.ndarray, *,
                         chunk: int = 256) -> np.ndarray:
     """(N, S * T * O) float32: sigmoid of every net's logits on the probe sequences (S, T, I),
-    computed by the JAX model (``mlds_jax.models.apply``), ``chunk`` nets per call."""
+    computed by the JAX model (``mlds_jax.train.models.apply``), ``chunk`` nets per call."""
     import jax
     import jax.numpy as jnp
 
-    from mlds_jax import models
+    from mlds_jax.train import models
 
     cfg = models.NetworkConfig(**{k: (tuple(v) if k == "head_sizes" else v)
                                   for k, v in network.items()

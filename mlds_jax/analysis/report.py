@@ -1,5 +1,6 @@
 """``analyze``: every number of ``mlds analyze`` from one store (and its DS2 twin store),
-written as ``analysis.json`` with figures; ``card_section`` renders it for the dataset card.
+written as ``analysis.json`` with figures; the dataset card (``mlds_jax.research.card``) renders
+that file, so the card never imports the analysis.
 
 Which nets: finished nets (converged or capped) with finite weights; with ``paired``, the
 pair analyses use the ids finished with finite weights in both stores.
@@ -65,12 +66,12 @@ def analyze(path, *, paired=None, out=None, seed: int = splits.DEFAULT_SEED,
 
 
 def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict:
-    from mlds_jax.reader import open_dataset
+    from mlds_jax.research.reader import open_dataset
 
     t0 = time.perf_counter()
     ds = open_dataset(path)
     if "images" in ds.config:
-        from mlds_jax.store import StoreError
+        from mlds_jax.store.schema import StoreError
 
         raise StoreError(f"{ds.attrs['dataset']}: weight-space analysis (trojan detection) of "
                          f"DS4 image datasets is not built yet")
@@ -139,7 +140,7 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
             "raw": splits.normalization(enc["raw"][train]),
             "canonical": splits.normalization(enc["canonical"][train])})
         if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
-            from mlds_jax.card import write_card
+            from mlds_jax.research.card import write_card
 
             write_card(ds)
     log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
@@ -194,7 +195,7 @@ def _projection_figure(enc, task, task_names, path: Path, title: str) -> None:
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from mlds_jax.store import write_atomic
+    from mlds_jax.store.schema import write_atomic
 
     panels = ("raw", "canonical", "aligned", "functional")
     fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")
@@ -213,42 +214,3 @@ def _projection_figure(enc, task, task_names, path: Path, title: str) -> None:
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     write_atomic(path, png.getvalue())
-
-
-def _fmt(x, fmt=".3f"):
-    return "-" if x is None else format(x, fmt)
-
-
-def card_section(result: dict) -> list[str]:
-    """Markdown lines for the dataset card from an ``analysis.json`` dict."""
-    s = result["split"]
-    lines = ["## Weight-space analysis (`mlds analyze`)", "",
-             f"{s['nets']} finished nets; fixed split (seed {s['seed']}, "
-             f"{s['counts']['train']} train / {s['counts']['validation']} validation / "
-             f"{s['counts']['test']} test, from the net id: `mlds_jax.analysis.split_of`), "
-             "shipped in `analysis/` with per-position normalisation statistics. Every number "
-             "is in `analysis/analysis.json`.", "",
-             "Task identification on the test split (accuracy, 95 % Wilson interval):", "",
-             "| encoder | accuracy | 95 % CI | chance |", "|---|---|---|---|"]
-    for k, v in result["task_identification"].items():
-        lines.append(f"| {k} | {_fmt(v['accuracy'])} | {_fmt(v['ci95'][0], '.2f')}-"
-                     f"{_fmt(v['ci95'][1], '.2f')} | {_fmt(v['chance'], '.2f')} |")
-    lines += ["", "Clustering by task (all nets):", "",
-              "| encoding | within/between distance | silhouette | k-means ARI | 1-NN accuracy |",
-              "|---|---|---|---|---|"]
-    for k, v in result["clustering"].items():
-        lines.append(f"| {k} | {_fmt(v['distance_ratio'])} | {_fmt(v['silhouette'])} | "
-                     f"{_fmt(v['kmeans_ari'])} | {_fmt(v['nn1_accuracy'])} |")
-    if "pairs" in result:
-        p = result["pairs"]
-        lines += ["", f"Twins (DS2 net n against DS1 net n, {p['n_pairs']} pairs): trigger "
-                  "detection on the test split:", "",
-                  "| detector | ROC-AUC | cross-entropy | accuracy |", "|---|---|---|---|"]
-        for k, v in p["detection"].items():
-            lines.append(f"| {k} | {_fmt(v['roc_auc'])} | {_fmt(v['cross_entropy'])} | "
-                         f"{_fmt(v['accuracy'])} |")
-        d = p["divergence"]["all"]
-        lines += ["", f"Median twin distance over the median distance between two nets of "
-                  f"the same machine: {_fmt(d['ratio_median'])} (whole vector)."]
-    lines += ["", f"![projection](analysis/{PROJECTION_FIGURE})", ""]
-    return lines

@@ -33,7 +33,7 @@ class WeightRows:
     def __init__(self, ds, split: str = "train", *, canonical: bool = False,
                  normalize: bool = False, label: str | None = "task", initial: bool = False,
                  seed: int | None = None, in_memory: bool = False):
-        from mlds_jax.reader import Dataset, open_dataset
+        from mlds_jax.research.reader import Dataset, open_dataset
 
         self.ds = ds if isinstance(ds, Dataset) else open_dataset(ds)
         status = np.asarray(self.ds.status[:])

@@ -19,16 +19,20 @@ command resumes.
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from mlds_jax import generate as gen
-from mlds_jax.config import DatasetConfig
-from mlds_jax.leases import LEASES
+from mlds_jax.config.dataset import DatasetConfig
 from mlds_jax.signals import stop_signals
-from mlds_jax.store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.leases import LEASES
+from mlds_jax.store.schema import StoreError
 
 
 class EngineError(StoreError):
@@ -204,3 +208,40 @@ class _Watch:
                                 for p in self.leases.glob("chunk-*.json")))
         except OSError:  # a lease replaced while listed: the next look sees it
             return ()
+
+
+class ray_output_to_log:
+    """Ray prints to the terminal from its C++ core (stack dumps, 'Token authentication is
+    enabled') and from Python threads (a dead raylet's log tail): within the block file
+    descriptors 1 and 2 go to a log file, and the run writes its own lines to the streams it
+    is given, which stay on the terminal. MLDS_VERBOSE=1 leaves Ray's output on the
+    terminal."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.environ.get("MLDS_VERBOSE"):
+            self.saved = None
+            return sys.stdout, sys.stderr, None
+        fd, self.log = tempfile.mkstemp(prefix="mlds-ray-", suffix=".log")
+        self.saved = (os.dup(1), os.dup(2))
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.term = (open(self.saved[0], "w", buffering=1, closefd=False),
+                     open(self.saved[1], "w", buffering=1, closefd=False))
+        return (*self.term, self.log)
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for stream in self.term:
+            stream.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        if exc[0] is None:
+            os.unlink(self.log)  # a run that finished: nothing in it anyone needs

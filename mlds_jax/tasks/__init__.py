@@ -1,4 +1,4 @@
-"""What generates training data: the DS1 machines, DS2's trigger, the DS3 automata."""
+"""What generates training data: DS1's machines, DS2's trigger, DS3's automata, DS4's digits."""
 
 from mlds_jax.tasks.automata import (
     N_INPUTS,

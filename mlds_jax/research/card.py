@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax.reader import Dataset
-from mlds_jax.store import (
+from mlds_jax.research.reader import Dataset
+from mlds_jax.store.schema import (
     STATUS_CAPPED,
     STATUS_CONVERGED,
     STATUS_DIVERGED,
@@ -424,14 +424,56 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
 
 
 def _analysis_lines(ds: Dataset) -> list[str]:
-    """The card's analysis section when `mlds analyze` wrote analysis/analysis.json."""
+    """The card's analysis section when `mlds analyze` wrote analysis/analysis.json. The
+    seam points one way: the analysis writes that file (and calls `write_card`); the card
+    reads the file and never imports the analysis."""
     path = ds.path / "analysis" / "analysis.json"
     if not path.exists():
         return []
-    from mlds_jax.analysis.report import card_section
-
-    return card_section(json.loads(path.read_text()))
+    return analysis_section(json.loads(path.read_text()))
 
 
 def _bibkey(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+# ---- the analysis section: rendered from analysis/analysis.json, which `mlds analyze` writes
+
+
+def _fmt(x, fmt=".3f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def analysis_section(result: dict) -> list[str]:
+    """Markdown lines for the dataset card from an ``analysis.json`` dict."""
+    s = result["split"]
+    lines = ["## Weight-space analysis (`mlds analyze`)", "",
+             f"{s['nets']} finished nets; fixed split (seed {s['seed']}, "
+             f"{s['counts']['train']} train / {s['counts']['validation']} validation / "
+             f"{s['counts']['test']} test, from the net id: `mlds_jax.analysis.split_of`), "
+             "shipped in `analysis/` with per-position normalisation statistics. Every number "
+             "is in `analysis/analysis.json`.", "",
+             "Task identification on the test split (accuracy, 95 % Wilson interval):", "",
+             "| encoder | accuracy | 95 % CI | chance |", "|---|---|---|---|"]
+    for k, v in result["task_identification"].items():
+        lines.append(f"| {k} | {_fmt(v['accuracy'])} | {_fmt(v['ci95'][0], '.2f')}-"
+                     f"{_fmt(v['ci95'][1], '.2f')} | {_fmt(v['chance'], '.2f')} |")
+    lines += ["", "Clustering by task (all nets):", "",
+              "| encoding | within/between distance | silhouette | k-means ARI | 1-NN accuracy |",
+              "|---|---|---|---|---|"]
+    for k, v in result["clustering"].items():
+        lines.append(f"| {k} | {_fmt(v['distance_ratio'])} | {_fmt(v['silhouette'])} | "
+                     f"{_fmt(v['kmeans_ari'])} | {_fmt(v['nn1_accuracy'])} |")
+    if "pairs" in result:
+        p = result["pairs"]
+        lines += ["", f"Twins (DS2 net n against DS1 net n, {p['n_pairs']} pairs): trigger "
+                  "detection on the test split:", "",
+                  "| detector | ROC-AUC | cross-entropy | accuracy |", "|---|---|---|---|"]
+        for k, v in p["detection"].items():
+            lines.append(f"| {k} | {_fmt(v['roc_auc'])} | {_fmt(v['cross_entropy'])} | "
+                         f"{_fmt(v['accuracy'])} |")
+        d = p["divergence"]["all"]
+        lines += ["", f"Median twin distance over the median distance between two nets of "
+                  f"the same machine: {_fmt(d['ratio_median'])} (whole vector)."]
+    lines += [""] + [f"![projection](analysis/{f})" for f in result["figures"]] + [""]
+    return lines

@@ -48,10 +48,10 @@ import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 from zarr.storage import LocalStore
 
-from mlds_jax.store import (
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import (
     WEIGHT_ARRAYS,
     DamagedStoreError,
-    DatasetStore,
     StoreError,
     has_default_keys,
     is_packed,

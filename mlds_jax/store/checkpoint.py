@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax import __version__
-from mlds_jax.leases import Leases, local_owner_alive
+from mlds_jax._version import __version__
+from mlds_jax.store.leases import Leases, local_owner_alive
 
 CHECKPOINTS = "checkpoints"  # the folder in a store
 ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax's name for a state still being written

@@ -25,14 +25,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from mlds_jax.rawrows import RawRows
-from mlds_jax.store import (
-    STATUS_NAMES,
-    STATUS_PENDING,
-    WEIGHT_ARRAYS,
-    DatasetStore,
-    StoreError,
-)
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.rawrows import RawRows
+from mlds_jax.store.schema import STATUS_NAMES, STATUS_PENDING, WEIGHT_ARRAYS, StoreError
 
 STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
 
@@ -221,7 +216,7 @@ class Dataset:
         """Net `n` as a ``torch.nn.Module`` (``mlds_jax.torch_export.TorchNet``, eval mode):
         (B, T, input_size) or (T, input_size) -> logits (..., T, output_size), the same
         outputs as the JAX model. Needs torch (``pip install 'mlds-jax[torch]'``)."""
-        from mlds_jax.torch_export import torch_net
+        from mlds_jax.research.torch_export import torch_net
 
         return torch_net(self.network, self.layout, self._row(n, initial))
 

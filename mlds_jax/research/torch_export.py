@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-ACTIVATIONS = {  # the defaults match mlds_jax.models.ACTIVATIONS
+ACTIVATIONS = {  # the defaults match mlds_jax.train.models.ACTIVATIONS
     "relu": torch.nn.ReLU,
     "tanh": torch.nn.Tanh,
     "gelu": torch.nn.GELU,  # exact erf form

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mlds_jax import models
 from mlds_jax.tasks import digits
+from mlds_jax.train import models
 
 
 @struct.dataclass

@@ -2,41 +2,10 @@
 written with ``status`` last, row checksums, reads, a summary.
 
 One Zarr v3 group (a local directory; read-only inside a zip file made by ``mlds release``)
-per dataset; row ``n`` of every array belongs to net ``n``. Arrays are chunked along the net
-axis only (``chunk_rows`` rows, full width), so a reader can open the store lazily and slice
-one net or one task without reading the rest:
+per dataset; row ``n`` of every array belongs to net ``n``.
 
-    weights          (N, P) float32   final parameters, flat layout in attrs["layout"]
-    initial_weights  (N, P) float32   parameters at initialisation
-    task             (N,)   int32     task index, name in attrs["task_names"]
-    seed             (N,)   uint64    seed the net was derived from
-    status           (N,)   uint8     0 pending, 1 converged, 2 capped, 3 diverged
-    epochs           (N,)   int32     epochs trained
-    loss_curve       (N, E) float32   training loss per logged interval, NaN after the stop
-    val_accuracy     (N, A) float32   final validation accuracies, names in attrs["accuracy_names"]
-    hyperparameters  (N, H) float32   the net's per-net recipe values, names in
-                                      attrs["hyperparameter_names"]
-    seq_steps        (N,)   int64     sequence-steps trained (epochs x sequences x length)
-    checksums/rows   (N, 2) int64     crc32c of each row of weights and initial_weights
-                                      (its little-endian float32 bytes); -1: not recorded
-    per_net/<name>   (N, ...)         optional per-net arrays a dataset declares at creation
-                                      (attrs["per_net"]: name -> dtype, row shape; DS4: each
-                                      net's trigger spec), same chunk grid, written with
-                                      the row before ``status``
-
-Float arrays are filled with NaN, integer arrays with 0. The two weights arrays are stored
-uncompressed, so their chunk files hold the raw little-endian float32 rows, which
-``mlds_jax.rawrows`` reads and memory-maps directly and ``mlds pack`` rewrites as one
-[N, P] block (the layout and why the generator writes chunks: that module's docstring).
-A packed store is for reading: writing or extending it raises until it is unpacked.
-
-Integrity: every array but the two weights arrays carries zarr's ``crc32c`` codec, so its
-checksum is in the same chunk file as its data, replaced atomically with it when a later
-write rewrites the chunk. A trailing checksum in the weights chunks would end the raw float32
-block with 4 foreign bytes; instead ``write_rows`` records one crc32c per row of each weights
-array in ``checksums/rows`` (same chunk grid, so the same single writer per chunk), before
-``status``: a row's checksum lands with its data and never goes stale, since rewriting a
-chunk leaves the other rows' bytes and checksums unchanged. ``mlds verify`` checks both.
+The arrays, attrs and checksums are described in ``mlds_jax.store.schema``; creating the
+directory and checking what is opened, in ``mlds_jax.store.disk``.
 
 Write-ordering contract (what makes resuming safe):
 - A row counts as done only once its ``status`` is non-zero, and ``write_rows`` writes
@@ -53,81 +22,52 @@ Write-ordering contract (what makes resuming safe):
   sibling directory and renamed into place, so neither leaves a store that looks complete
   but is not.
 
-This module imports only numpy, zarr (with its google-crc32c) and the standard library.
+This module imports only numpy, zarr and the standard library.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import shutil
-import socket
-import time
 import uuid
 import zipfile
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore, ZipStore
 
-# 2: val_accuracy holds the worst-output and whole-sequence columns (attrs
-# "criterion_names"), and per-net `hyperparameters` exist. 3: `seq_steps` exists, and the
-# hyperparameters hold every per-net recipe value (the cap, curriculum, trigger shares).
-FORMAT_VERSION = 3
-
-STATUS_PENDING, STATUS_CONVERGED, STATUS_CAPPED, STATUS_DIVERGED = 0, 1, 2, 3
-STATUS_NAMES = {0: "pending", 1: "converged", 2: "capped", 3: "diverged"}
-
-# name -> (dtype, width axis: None for (N,), else the DatasetStore attribute giving the width).
-# Order matters: write_rows and extension go through it, and `status` must stay last.
-_SCHEMA = {
-    "weights": (np.float32, "n_params"),
-    "initial_weights": (np.float32, "n_params"),
-    "task": (np.int32, None),
-    "seed": (np.uint64, None),
-    "epochs": (np.int32, None),
-    "loss_curve": (np.float32, "n_log"),
-    "val_accuracy": (np.float32, "n_accuracies"),
-    "hyperparameters": (np.float32, "n_hyper"),
-    "seq_steps": (np.int64, None),
-    "status": (np.uint8, None),
-}
-ARRAY_NAMES = tuple(_SCHEMA)  # every per-net array, status last
-_DIM_NAMES = {"n_params": "param", "n_log": "log_step", "n_accuracies": "accuracy",
-              "n_hyper": "hyperparameter"}
-# Stored uncompressed (raw float32 chunk files, see mlds_jax.rawrows); also the columns of
-# checksums/rows, in this order.
-WEIGHT_ARRAYS = ("weights", "initial_weights")
-ROW_CHECKSUMS = "checksums/rows"  # (N, 2) int64, columns WEIGHT_ARRAYS
-NO_CHECKSUM = -1
-# Left behind only by a rawrows.pack() killed between its two renames; see _checked_arrays.
-_PACK_LEFTOVERS = {f".{n}.{s}" for n in WEIGHT_ARRAYS for s in ("new", "old")}
-# What else may sit in a store directory: `mlds card` output, the checksums group, the
-# writers' leases (mlds_jax.leases) and checkpoints (mlds_jax.checkpoint), `mlds analyze` output.
-EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures", "leases", "checkpoints",
-                 "analysis", "per_net"}
-PER_NET = "per_net"  # group of a dataset's own per-net arrays (attrs["per_net"])
-TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
-REQUIRED_ATTRS = (
-    "format_version", "dataset", "config", "task_names", "layout", "package_version",
-    "accuracy_names", "criterion_names", "hyperparameter_names",
+from mlds_jax.store.disk import (
+    abandoned_creating_dirs,
+    _checked_arrays,
+    _checked_per_net,
+    _create,
+    _delete_store_dir,
+    _finish_interrupted_swap,
 )
-
-
-class StoreError(Exception):
-    """One-line message naming the problem; the CLI prints it and exits non-zero."""
-
-
-class ConfigMismatchError(StoreError):
-    """The store on disk was made with another dataset, config or shape than this run."""
-
-
-class DamagedStoreError(StoreError):
-    """Something is at the path that claims to be a store but is incomplete or unreadable."""
+from mlds_jax.store.schema import (
+    _checked_row_checksums,
+    ConfigMismatchError,
+    _create_row_checksums,
+    DamagedStoreError,
+    _first_difference,
+    is_packed,
+    NO_CHECKSUM,
+    _one_line,
+    PER_NET,
+    _read_error,
+    _resolved_attrs,
+    ROW_CHECKSUMS,
+    row_crc32c,
+    _SCHEMA,
+    STATUS_CAPPED,
+    STATUS_CONVERGED,
+    STATUS_DIVERGED,
+    STATUS_PENDING,
+    StoreError,
+    TABLES,
+    WEIGHT_ARRAYS,
+    write_atomic,
+)
 
 
 class DatasetStore:
@@ -552,307 +492,3 @@ class DatasetStore:
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def _read_error(path: Path, what: str, e: Exception) -> StoreError:
-    """A plain OS error (permissions, I/O) is a StoreError; anything zarr or JSON raises
-    about the metadata's content means the store is damaged."""
-    if isinstance(e, OSError) and not isinstance(e, zarr.errors.BaseZarrError):
-        return StoreError(f"cannot read store at {path}: {e.strerror or e}")
-    return DamagedStoreError(f"store at {path} is damaged: unreadable {what} ({_one_line(e)})")
-
-
-def _resolved_attrs(attrs: dict, n_accuracies: int, n_hyper: int) -> dict:
-    """attrs with format_version set, round-tripped through JSON so that they compare equal
-    to what a reopened store reads back (tuples become lists)."""
-    attrs = {**attrs, "format_version": FORMAT_VERSION}
-    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
-    if missing:
-        raise ValueError(f"store attrs lack {', '.join(missing)}")
-    if len(attrs["accuracy_names"]) != n_accuracies:
-        raise ValueError(f"accuracy_names has {len(attrs['accuracy_names'])} names, "
-                         f"n_accuracies={n_accuracies}")
-    if len(attrs["hyperparameter_names"]) != n_hyper:
-        raise ValueError(f"hyperparameter_names has {len(attrs['hyperparameter_names'])} "
-                         f"names, n_hyper={n_hyper}")
-    if not set(attrs["criterion_names"]) <= set(attrs["accuracy_names"]):
-        raise ValueError("criterion_names must be among accuracy_names")
-    try:
-        return json.loads(json.dumps(attrs, allow_nan=True))
-    except TypeError as e:
-        raise ValueError(f"store attrs are not JSON-able: {e}") from e
-
-
-def _first_difference(old, new, key: str = ""):
-    """(dotted key, old, new) of the first difference between two JSON trees, or None."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in list(old) + [k for k in new if k not in old]:
-            sub = f"{key}.{k}" if key else str(k)
-            if k not in old or k not in new:
-                return sub, old.get(k, "<absent>"), new.get(k, "<absent>")
-            diff = _first_difference(old[k], new[k], sub)
-            if diff is not None:
-                return diff
-        return None
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            diff = _first_difference(a, b, f"{key}[{i}]")
-            if diff is not None:
-                return diff
-        return None
-    same = old == new or (isinstance(old, float) and isinstance(new, float)
-                          and np.isnan(old) and np.isnan(new))
-    return None if same else (key or "config", old, new)
-
-
-def _finish_interrupted_swap(path: Path) -> None:
-    """(Un)packing swaps a weights array with two renames: ``name`` -> ``.name.old``, then
-    the checked ``.name.new`` -> ``name``, then deletes ``.name.old``. A run killed between
-    the renames leaves no ``name``: finish the swap (or undo it when ``.name.new`` is gone).
-    Killed later, or while building ``.name.new``, it leaves a copy of the weights that no
-    one will use: delete it."""
-    for name in WEIGHT_ARRAYS:
-        old, new = path / f".{name}.old", path / f".{name}.new"
-        if not (path / name).exists() and old.is_dir():
-            os.rename(new if new.is_dir() else old, path / name)
-        if (path / name).exists():
-            for leftover in (old, new):
-                shutil.rmtree(leftover, ignore_errors=True)
-
-
-def creating_dir(path: Path) -> Path:
-    """Where this process builds a new store before renaming it to ``path``: the name says
-    which host and process, so that a later run can tell a dead creator's leftover."""
-    return path.with_name(f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}-"
-                          f"{uuid.uuid4().hex[:8]}")
-
-
-def abandoned_creating_dirs(path: Path) -> list[Path]:
-    """Siblings of ``path`` left by a store creation whose process died (this host; other
-    hosts' are left alone, as are any younger than an hour in the old unnamed form)."""
-    found = []
-    host = socket.gethostname()
-    prefix = f".{path.name}.creating-"
-    for p in path.parent.glob(f"{glob.escape(prefix)}*"):
-        parts = p.name[len(prefix):].rsplit("-", 2)  # host, pid, random
-        if len(parts) == 3 and parts[1].isdigit():
-            if parts[0] == host and not _process_alive(int(parts[1])):
-                found.append(p)
-        else:
-            try:
-                if time.time() - p.stat().st_mtime > 3600:
-                    found.append(p)
-            except OSError:
-                pass
-    return found
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _looks_like_store(path: Path) -> bool:
-    """A directory holding a zarr.json and nothing but our arrays (or zarr's temp files)."""
-    entries = [p.name for p in path.iterdir()]
-    return "zarr.json" in entries and all(
-        n == "zarr.json" or n in _SCHEMA or n in EXTRA_ENTRIES or n in _PACK_LEFTOVERS
-        or n.endswith(".partial") for n in entries)
-
-
-def _delete_store_dir(path: Path) -> None:
-    if path.is_file() or path.is_symlink():
-        raise StoreError(f"{path} is a file, not a dataset store; refusing to delete it")
-    if any(path.iterdir()) and not _looks_like_store(path):
-        raise StoreError(f"{path} is a non-empty directory that is not a dataset store; "
-                         f"refusing to delete it")
-    try:
-        shutil.rmtree(path)
-    except OSError as e:
-        raise StoreError(f"cannot delete store at {path}: {e.strerror or e}") from e
-
-
-def _create(path: Path, *, n_nets: int, widths: dict, attrs: dict, chunk_rows: int,
-            tables: dict[str, np.ndarray]) -> None:
-    """Build the group in a temporary sibling directory, then rename it to ``path``, so an
-    interrupted creation never leaves a half-made store at ``path``."""
-    if n_nets < 0 or chunk_rows < 1 or min(widths.values()) < 0:
-        raise ValueError(f"bad store shape: n_nets={n_nets}, chunk_rows={chunk_rows}, {widths}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = creating_dir(path)
-    try:
-        group = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes=attrs)
-        for name, (dtype, width) in _SCHEMA.items():
-            shape = (n_nets,) if width is None else (n_nets, widths[width])
-            group.create_array(
-                name, shape=shape, dtype=dtype, chunks=(chunk_rows, *shape[1:]),
-                fill_value=np.nan if np.issubdtype(dtype, np.floating) else 0,
-                compressors=None if name in WEIGHT_ARRAYS else _CHECKSUMMED,
-                dimension_names=("net",) if width is None else ("net", _DIM_NAMES[width]),
-                attributes={"codes": {str(k): v for k, v in STATUS_NAMES.items()}}
-                if name == "status" else None,
-            )
-        _create_row_checksums(group, n_nets, chunk_rows)
-        for name, spec in attrs.get(PER_NET, {}).items():
-            dtype, row = np.dtype(spec["dtype"]), tuple(spec["shape"])
-            group.require_group(PER_NET).create_array(
-                name, shape=(n_nets, *row), dtype=dtype, chunks=(chunk_rows, *row),
-                fill_value=np.nan if np.issubdtype(dtype, np.floating) else 0,
-                compressors=_CHECKSUMMED)
-        for name, table in tables.items():
-            group.require_group(TABLES).create_array(name, data=np.asarray(table),
-                                                     compressors=_CHECKSUMMED)
-        os.replace(tmp, path)  # replaces an empty directory too (POSIX rename)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zarr.Array]:
-    """The schema's arrays, after checking attrs, names, dtypes and shapes agree."""
-    damaged = f"store at {path} is damaged"
-    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
-    if missing:
-        raise DamagedStoreError(f"{damaged}: attrs lack {', '.join(missing)}")
-    if attrs["format_version"] != FORMAT_VERSION:
-        raise StoreError(f"store at {path} has format_version {attrs['format_version']}, "
-                         f"this mlds_jax reads {FORMAT_VERSION}")
-    arrays = {}
-    for name, (dtype, width) in _SCHEMA.items():
-        try:
-            a = group[name]
-        except KeyError:
-            old = path / f".{name}.old"
-            if old.is_dir():
-                raise DamagedStoreError(f"{damaged}: array {name!r} is missing; an interrupted "
-                                        f"`mlds pack` left it at {old}: rename that back to "
-                                        f"{path / name}") from None
-            raise DamagedStoreError(f"{damaged}: array {name!r} is missing") from None
-        except Exception as e:
-            raise _read_error(path, f"{name}/zarr.json", e) from e
-        rank = 1 if width is None else 2
-        if not isinstance(a, zarr.Array) or a.dtype != dtype or a.ndim != rank:
-            raise DamagedStoreError(f"{damaged}: {name!r} is not a {np.dtype(dtype)} array of "
-                                    f"the expected rank")
-        arrays[name] = a
-    n = arrays["status"].shape[0]
-    for name, a in arrays.items():
-        if a.shape[0] < n:  # longer than status is an unfinished extension, completed later
-            raise DamagedStoreError(f"{damaged}: {name!r} has {a.shape[0]} rows, status {n}")
-    if arrays["weights"].shape[1] != arrays["initial_weights"].shape[1]:
-        raise DamagedStoreError(f"{damaged}: weights and initial_weights widths differ")
-    if arrays["val_accuracy"].shape[1] != len(attrs["accuracy_names"]):
-        raise DamagedStoreError(f"{damaged}: val_accuracy has {arrays['val_accuracy'].shape[1]}"
-                                f" columns, accuracy_names {len(attrs['accuracy_names'])}")
-    if arrays["hyperparameters"].shape[1] != len(attrs["hyperparameter_names"]):
-        raise DamagedStoreError(f"{damaged}: hyperparameters has "
-                                f"{arrays['hyperparameters'].shape[1]} columns, "
-                                f"hyperparameter_names {len(attrs['hyperparameter_names'])}")
-    return arrays
-
-
-def _checked_per_net(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zarr.Array]:
-    """The arrays attrs["per_net"] declares, checked against it (absent: none)."""
-    out = {}
-    for name, spec in attrs.get(PER_NET, {}).items():
-        try:
-            a = group[f"{PER_NET}/{name}"]
-        except KeyError:
-            raise DamagedStoreError(f"store at {path} is damaged: array "
-                                    f"{PER_NET}/{name!r} is missing") from None
-        except Exception as e:
-            raise _read_error(path, f"{PER_NET}/{name}/zarr.json", e) from e
-        if a.dtype != np.dtype(spec["dtype"]) or list(a.shape[1:]) != list(spec["shape"]):
-            raise DamagedStoreError(f"store at {path} is damaged: {PER_NET}/{name} is not "
-                                    f"{spec['dtype']} rows of shape {spec['shape']}")
-        out[name] = a
-    return out
-
-
-# ---- checksums ----------------------------------------------------------------------------
-
-# Every array but the raw weights: zstd as before, then a crc32c of the compressed chunk.
-_CHECKSUMMED = (ZstdCodec(level=0, checksum=False), Crc32cCodec())
-
-
-def row_bytes(*, n_params: int, n_log: int, n_accuracies: int, n_hyper: int) -> int:
-    """Disk one finished row takes at most: the raw weights, their checksums, and the other
-    arrays before compression."""
-    widths = dict(n_params=n_params, n_log=n_log, n_accuracies=n_accuracies, n_hyper=n_hyper)
-    return 2 * 8 + sum(np.dtype(dtype).itemsize * (1 if width is None else widths[width])
-                       for dtype, width in _SCHEMA.values())
-
-
-def row_crc32c(rows: np.ndarray) -> np.ndarray:
-    """(R,) int64: crc32c of each row's little-endian float32 bytes; rows (R, P)."""
-    rows = np.ascontiguousarray(rows, dtype="<f4")
-    return np.array([google_crc32c.value(r.tobytes()) for r in rows], np.int64)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it to ``path``: never torn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _create_row_checksums(group: zarr.Group, n_nets: int, chunk_rows: int) -> zarr.Array:
-    sub = group.require_group("checksums")
-    return sub.create_array(
-        "rows", shape=(n_nets, 2), dtype=np.int64, chunks=(chunk_rows, 2),
-        fill_value=NO_CHECKSUM, compressors=None, dimension_names=("net", "array"),
-        attributes={"columns": list(WEIGHT_ARRAYS), "algorithm": "crc32c",
-                    "of": "the row's little-endian float32 bytes", "missing": NO_CHECKSUM},
-    )
-
-
-def _checked_row_checksums(path: Path, group: zarr.Group, n: int) -> zarr.Array | None:
-    """``checksums/rows``, or None in a store made before it existed."""
-    try:
-        a = group[ROW_CHECKSUMS]
-    except KeyError:
-        return None
-    except Exception as e:
-        raise _read_error(path, f"{ROW_CHECKSUMS}/zarr.json", e) from e
-    ok = (isinstance(a, zarr.Array) and a.dtype == np.int64 and a.ndim == 2 and a.shape[1] == 2
-          and a.shards is None and len(a.metadata.codecs) == 1
-          and is_raw_le(a.metadata.codecs[0]) and has_default_keys(a))
-    if not ok:
-        raise DamagedStoreError(f"store at {path} is damaged: {ROW_CHECKSUMS!r} is not an "
-                                f"uncompressed (N, 2) int64 array")
-    if a.shape[0] < n:
-        raise DamagedStoreError(f"store at {path} is damaged: {ROW_CHECKSUMS!r} has "
-                                f"{a.shape[0]} rows, status {n}")
-    return a
-
-
-# ---- codecs and keys: what lets a chunk file be read as raw bytes --------------------------
-
-
-def is_raw_le(codec) -> bool:
-    """The codec stores the array's bytes as they are, little-endian."""
-    return isinstance(codec, BytesCodec) and getattr(codec.endian, "value", None) == "little"
-
-
-def has_default_keys(a: zarr.Array) -> bool:
-    """Chunk ``i`` of a 2-D array ``a`` is the file ``c/<i>/0`` under the array's directory."""
-    cke = a.metadata.chunk_key_encoding
-    return cke.name == "default" and getattr(cke, "separator", "/") == "/"
-
-
-def is_packed(a: zarr.Array) -> bool:
-    """``a`` is stored as shards (``mlds pack``), not as chunk files."""
-    return a.shards is not None

@@ -14,7 +14,7 @@ them again).
 Needs a file system whose ``flock`` is shared by every writer: any local one, and NFS (v4, or
 v3 with lockd), Lustre (mounted with ``flock``), GPFS, CephFS. Object storage has no such
 lock: there the leases would need a conditional write (S3 ``If-None-Match``) or an external
-coordinator; see the README's "Scaling out".
+coordinator; see docs/scaling-out.md.
 
 `Leases` is the standard library alone; `Claims` reads the store's status to hand a trainer
 the pending nets of the chunks it claims.
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax.store import DatasetStore, StoreError
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.schema import StoreError
 
 LEASES = "leases"  # the folder in a store
 

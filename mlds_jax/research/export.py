@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlds_jax.reader import Dataset
-from mlds_jax.store import STATUS_NAMES, StoreError
+from mlds_jax.research.reader import Dataset
+from mlds_jax.store.schema import STATUS_NAMES, StoreError
 
 FORMATS = {"npz": ".npz", "safetensors": ".safetensors", "torch": ".pt"}
 EXPORT_FORMAT_VERSION = 1
@@ -95,7 +95,7 @@ def _finite_or_none(x: float):
 
 def export_metadata(ds: Dataset, ids: np.ndarray, rows: dict, selection: str | None) -> dict:
     """The JSON-able description every format carries (see the module docstring)."""
-    from mlds_jax import __version__
+    from mlds_jax._version import __version__
 
     names = ds.task_names
     nets = []

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 from zarr.codecs import Crc32cCodec
 
-from mlds_jax.checkpoint import ORBAX_TMP
-from mlds_jax.rawrows import RawRows
-from mlds_jax.store import (
+from mlds_jax.store.checkpoint import ORBAX_TMP
+from mlds_jax.store.dataset_store import DatasetStore
+from mlds_jax.store.disk import abandoned_creating_dirs
+from mlds_jax.store.rawrows import RawRows
+from mlds_jax.store.schema import (
     EXTRA_ENTRIES,
     NO_CHECKSUM,
     ROW_CHECKSUMS,
@@ -42,9 +44,7 @@ from mlds_jax.store import (
     STATUS_NAMES,
     STATUS_PENDING,
     WEIGHT_ARRAYS,
-    DatasetStore,
     DamagedStoreError,
-    abandoned_creating_dirs,
     row_crc32c,
 )
 
