@@ -243,7 +243,7 @@ def test_verify_checks_every_shape_against_the_others_and_the_attrs(reference, t
     proc = mlds("verify", out, check=False)
     assert proc.returncode == 1
     assert ("status has 8 rows but weights, initial_weights, task, seed, epochs, loss_curve, "
-            "val_accuracy, hyperparameters, checksums/rows have 10") in proc.stdout, proc.stdout
+            "val_accuracy, hyperparameters, seq_steps, checksums/rows have 10") in proc.stdout, proc.stdout
 
 
 # ---- killed (un)packs, leftovers, readers -------------------------------------------------
