@@ -91,8 +91,9 @@ def test_ds3_trains_on_the_whole_net_kernel_on_a_cpu():
     assert step._whole_net_kernel(cfg)
 
 
-# The DS3 network on a tiny recipe with plain Adam (no decay), for the trainer against torch.
-ADAM = ['name="ds3-adam"', "automata.count=2", "recipe.train_sequences=48",
+# The DS3 network on a tiny recipe with plain Adam (no decay), for the trainer against torch;
+# on one fixed training set, which torch replays (streamed data: tests/test_stream.py).
+ADAM = ['name="ds3-adam"', 'recipe.train_data="fixed"', "automata.count=2", "recipe.train_sequences=48",
         "recipe.train_length=10", "recipe.batch_size=16", "recipe.val_sequences=16",
         "recipe.val_length=20", "recipe.check_every=3", "recipe.max_epochs=3",
         "recipe.decay_half_life=0.0", "recipe.warmup_epochs=0.0", "recipe.learning_rate=3e-3",
