@@ -11,6 +11,7 @@ import click
 from mlds_jax.config.load import load_config
 from mlds_jax.config.sections import ConfigError
 from mlds_jax.store.schema import StoreError
+from mlds_jax.train import compile_cache
 
 
 class _Fail(click.ClickException):
@@ -49,6 +50,7 @@ class _Group(click.Group):
 @click.version_option(package_name="mlds-jax")
 def main():
     """MLDS-JAX: datasets of trained neural networks."""
+    compile_cache.enable()
 
 
 @main.command()

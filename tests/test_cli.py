@@ -63,6 +63,45 @@ def test_uninterrupted_run_fills_every_row(reference):
     np.testing.assert_array_equal(tree["head_3"]["bias"], got["weights"][3][-8:])
 
 
+def test_compiled_steps_come_from_the_cache_and_train_the_same_nets(tmp_path, reference):
+    """A run fills MLDS_JAX_COMPILE_CACHE; the next run loads the population's step from it
+    and stores the same nets as the reference (compiled in another cache); `0` writes
+    nothing."""
+    cache = tmp_path / "cache"
+    args = ["generate", "smoke", "--per-task", str(PER_TASK), "--no-progress"]
+
+    def run(out, setting):
+        env = {**os.environ, "MLDS_JAX_COMPILE_CACHE": setting,
+               "XDG_CACHE_HOME": str(tmp_path / "home-cache")}
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        subprocess.run([sys.executable, "-m", "mlds_jax.cli", *args, "--out", str(out)],
+                       env=env, check=True, capture_output=True, timeout=600)
+        return read_all(out)
+
+    run(tmp_path / "cold.zarr", str(cache))
+    steps = sorted(cache.glob("jit_population_step-*-cache"))
+    assert steps, sorted(p.name for p in cache.iterdir())
+    stamps = [p.stat().st_mtime_ns for p in steps]
+    warm = run(tmp_path / "warm.zarr", str(cache))
+    assert [p.stat().st_mtime_ns for p in steps] == stamps  # read, not compiled and rewritten
+    ref = read_all(reference)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(warm[name], ref[name], err_msg=name)
+    entries = sorted(cache.iterdir())
+    run(tmp_path / "off.zarr", "0")
+    assert sorted(cache.iterdir()) == entries
+    assert not (tmp_path / "home-cache" / "mlds-jax" / "jax").exists()
+
+
+def test_compile_cache_directory_follows_the_environment(tmp_path):
+    from mlds_jax.train.compile_cache import cache_dir
+
+    assert cache_dir({"MLDS_JAX_COMPILE_CACHE": "off", "JAX_COMPILATION_CACHE_DIR": "/x"}) is None
+    assert cache_dir({"MLDS_JAX_COMPILE_CACHE": str(tmp_path)}) == tmp_path
+    assert str(cache_dir({"JAX_COMPILATION_CACHE_DIR": "/x"})) == "/x"
+    assert cache_dir({"XDG_CACHE_HOME": "/c"}).as_posix() == "/c/mlds-jax/jax"
+
+
 def test_killed_run_resumes_with_nothing_lost(tmp_path, reference):
     out = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "mlds_jax.cli", "generate", "smoke", "--out", str(out),
