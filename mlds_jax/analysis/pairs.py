@@ -177,3 +177,62 @@ def trojan_detection(f_clean: np.ndarray, f_trojan: np.ndarray, split: np.ndarra
         out["held_out"] = _detect_pairs(f1, f2, unseen_split.astype(np.int8), model, seed,
                                         n_boot)
     return out
+
+
+def pair_folds(ids: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(R,) fold index in [0, folds) of each pair id, a pure function of (seed, id) as
+    ``split_of``: the same hash, cut into ``folds`` equal shares."""
+    from mlds_jax.analysis.splits import _splitmix64
+
+    ids = np.asarray(ids, np.int64)
+    h = _splitmix64(_splitmix64(np.full(ids.shape, seed, np.uint64)) ^ ids.astype(np.uint64))
+    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.minimum((u * folds).astype(np.int64), folds - 1)
+
+
+def cv_trojan_detection(f_clean: np.ndarray, f_trojan: np.ndarray, ids: np.ndarray,
+                        held_out: np.ndarray, *, folds: int = 5, model: str = "linear",
+                        seed: int = 0, n_boot: int = 1000) -> dict:
+    """Grouped cross-validation over every pair, for a tighter interval than one test
+    split: fold k of ``pair_folds(ids)`` is scored by a detector fitted on the others
+    (fold k + 1 its validation fold), twins always in one fold; the ROC-AUC (pair-bootstrap
+    interval), accuracy and cross-entropy are of the pooled out-of-fold scores. ``all``:
+    every pair; ``seen``: the pairs of families not held out only (each detector fitted
+    on those only). The interval resamples the scored pairs, not the refits, so it is a
+    little narrow: on synthetic twins without a signal (200 pairs, six draws) the pooled
+    AUC scattered over 0.47-0.53, and one interval, [0.40, 0.48], missed 0.5."""
+    f1, f2 = np.asarray(f_clean, np.float64), np.asarray(f_trojan, np.float64)
+    ids, held_out = np.asarray(ids), np.asarray(held_out).astype(bool)
+    keep = np.isfinite(f1).all(axis=1) & np.isfinite(f2).all(axis=1)
+    f1, f2, ids, held_out = f1[keep], f2[keep], ids[keep], held_out[keep]
+    fold = pair_folds(ids, folds, seed)
+    out = {"folds": int(folds), "model": model}
+    for part, rows in (("all", np.ones(len(ids), bool)), ("seen", ~held_out)):
+        p1, p2 = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+        for k in range(folds):
+            split = np.where(fold == k, TEST, np.where(fold == (k + 1) % folds, VALIDATION,
+                                                       TRAIN)).astype(np.int8)
+            split[~rows] = OUT_OF_FOLD
+            te = split == TEST
+            if not te.any() or not (split == TRAIN).any() or not (split == VALIDATION).any():
+                continue
+            r = binary_scores(np.concatenate([f1, f2]), np.r_[np.zeros(len(f1)), np.ones(len(f2))],
+                              np.r_[split, split], model, seed=seed, keep_scores=True)
+            n = int(te.sum())
+            p1[te], p2[te] = r["p_test"][:n], r["p_test"][n:]
+        scored = np.isfinite(p1)
+        if scored.sum() < 2:
+            out[part] = {"skipped": "fewer than two pairs scored"}
+            continue
+        y = np.r_[np.zeros(scored.sum()), np.ones(scored.sum())]
+        p = np.clip(np.r_[p1[scored], p2[scored]], 1e-6, 1 - 1e-6)
+        n = int(scored.sum())
+        correct = int(((p > 0.5) == y).sum())
+        out[part] = {"roc_auc": roc_auc(y, p),
+                     "roc_auc_ci95": pair_bootstrap_auc(p1[scored], p2[scored], n_boot=n_boot,
+                                                        seed=seed),
+                     "accuracy": correct / (2 * n),
+                     "accuracy_ci95": list(wilson_interval(correct, 2 * n)),
+                     "cross_entropy": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+                     "test_pairs": n, "chance": dict(CHANCE)}
+    return out

@@ -191,8 +191,11 @@ def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0
                                   ("sorted/linear", "sorted", "linear", False),
                                   ("raw/linear", "raw", "linear", False),
                                   ("stats/linear/twin", "stats", "linear", True)):
-        detectors[key] = pairs.trojan_detection(*f[feat], split, held_out, model=model,
+        a, b = f[feat]
+        detectors[key] = pairs.trojan_detection(a, b, split, held_out, model=model,
                                                 twin_reference=ref, seed=seed)
+        detectors[key]["cv5"] = pairs.cv_trojan_detection(
+            *((a - b, b - a) if ref else (a, b)), ids, held_out, model=model, seed=seed)
     result: dict = {
         "dataset": name, "store": str(ds.path), "paired_store": str(twin.path),
         "package_version": ds.attrs.get("package_version"),
@@ -214,7 +217,9 @@ def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0
                          "raw": "the flat weight vector"},
             "measurements": {"all": "every family, train + validation -> test split",
                              "seen": "families not held out, train + validation -> test",
-                             "held_out": "the same detector on every held-out-family pair"},
+                             "held_out": "the same detector on every held-out-family pair",
+                             "cv5": "grouped 5-fold cross-validation by pair id, pooled "
+                                    "out-of-fold scores: all pairs, and seen families only"},
             "divergence": pairs.twin_divergence(w1, w2, np.zeros(len(ids), np.int64), layout),
             "detectors": detectors},
     }
@@ -231,6 +236,12 @@ def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0
             log(f"  stats/linear {part}: ROC-AUC {r['roc_auc']:.3f} "
                 f"[{r['roc_auc_ci95'][0]:.3f}, {r['roc_auc_ci95'][1]:.3f}] on "
                 f"{r['test_pairs']} test pairs (chance 0.5)")
+    for part in ("all", "seen"):
+        r = best["cv5"].get(part, {})
+        if "roc_auc" in r:
+            log(f"  stats/linear cv5 {part}: ROC-AUC {r['roc_auc']:.3f} "
+                f"[{r['roc_auc_ci95'][0]:.3f}, {r['roc_auc_ci95'][1]:.3f}] on "
+                f"{r['test_pairs']} pairs out of fold (chance 0.5)")
     log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
     return result
 
