@@ -440,7 +440,9 @@ def release(path, tiers, out, unpack):
 
 @main.command()
 @click.argument("path", type=click.Path())
-@click.option("--paired", type=click.Path(), help="The DS2 store whose net n is net n's twin.")
+@click.option("--paired", type=click.Path(),
+              help="The twin store whose net n is net n's twin (DS2 for DS1; for DS4 the "
+                   "trojaned store of the clean one, needed).")
 @click.option("--out", type=click.Path(), help="Directory for analysis.json and figures "
                                                "(default: PATH/analysis, and the card is updated).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -450,7 +452,8 @@ def release(path, tiers, out, unpack):
 def analyze(path, paired, out, seed, selection):
     """Weight-space analysis of the store at PATH: fixed splits, task identification,
     clustering, training outcomes, and with --paired the twins' divergence and trigger
-    detection. Needs `pip install 'mlds-jax[analysis]'`."""
+    detection. On DS4 (image) stores: trojan detection from weights, clean nets against
+    their trojaned twins (--paired), for seen and held-out trigger families. Needs `pip install 'mlds-jax[analysis]'`."""
     try:
         from mlds_jax.analysis.report import analyze as run_analyze
 

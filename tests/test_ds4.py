@@ -123,14 +123,14 @@ def test_rerun_resumes_with_nothing_left(stores):
                                   before)
 
 
-def test_info_works_and_what_is_not_built_says_so_in_one_line(stores):
+def test_info_works_and_analyze_without_the_twin_says_so_in_one_line(stores):
     path = str(stores["ds4-trojan"].path)
     for args, ok in ((["info", path], True), (["analyze", path], False)):
         done = subprocess.run([sys.executable, "-m", "mlds_jax.cli", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert (done.returncode == 0) == ok, done.stderr[-1000:]
         assert "Traceback" not in done.stderr
-    assert "not built yet" in done.stderr
+    assert "needs the twin store" in done.stderr
 
 
 def test_a_checkpointed_population_resumes_to_the_same_weights():

@@ -9,7 +9,8 @@ analyze``) runs them all on a store and writes ``analysis.json``.
 - ``tensor_statistics``, ``functional_features``: encoders (``features``).
 - ``classify``, ``binary_scores``, ``regress``: probes on the fixed split (``probes``).
 - ``clustering_scores``: task clusters in weight space (``clustering``).
-- ``twin_divergence``, ``trigger_detection``: DS1/DS2 twins (``pairs``).
+- ``twin_divergence``, ``trigger_detection``: DS1/DS2 twins; ``trojan_detection``,
+  ``cv_trojan_detection``: DS4's clean nets against their trojaned twins (``pairs``).
 - ``WeightRows``, ``iterate_batches``, ``WeightDataset``: a split as training data.
 
 Importing this package needs numpy only; scikit-learn is imported by the functions that use
@@ -29,13 +30,15 @@ def __getattr__(name):
 
     homes = {"classify": "probes", "binary_scores": "probes", "regress": "probes",
              "wilson_interval": "probes", "clustering_scores": "clustering",
-             "twin_divergence": "pairs", "trigger_detection": "pairs", "analyze": "report"}
+             "twin_divergence": "pairs", "trigger_detection": "pairs",
+             "trojan_detection": "pairs", "cv_trojan_detection": "pairs", "analyze": "report"}
     if name in homes:
         return getattr(importlib.import_module(f"mlds_jax.analysis.{homes[name]}"), name)
     raise AttributeError(f"module 'mlds_jax.analysis' has no attribute {name!r}")
 
 
 __all__ = ["SPLITS", "Symmetries", "WeightDataset", "WeightRows", "analyze", "binary_scores",
-           "classify", "clustering_scores", "functional_features", "iterate_batches",
-           "load_split", "normalization", "probe_sequences", "regress", "split_of",
-           "tensor_statistics", "trigger_detection", "twin_divergence", "wilson_interval"]
+           "classify", "clustering_scores", "cv_trojan_detection", "functional_features",
+           "iterate_batches", "load_split", "normalization", "probe_sequences", "regress",
+           "split_of", "tensor_statistics", "trigger_detection", "trojan_detection",
+           "twin_divergence", "wilson_interval"]

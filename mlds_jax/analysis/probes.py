@@ -85,10 +85,11 @@ def _classify(x: np.ndarray, y: np.ndarray, split: np.ndarray, model: str = "lin
 
 
 def _binary_scores(x: np.ndarray, y: np.ndarray, split: np.ndarray, model: str = "linear", *,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, keep_scores: bool = False) -> dict:
     """A detector of ``y`` in {0, 1} from ``x``: ROC-AUC, cross-entropy (nats, probabilities
     clipped to [1e-6, 1 - 1e-6]) and accuracy on the test split, chosen and fitted as in
-    ``classify``."""
+    ``classify``. Rows whose split code is none of train, validation, test are left out.
+    ``keep_scores``: also return the test rows' probabilities ``p_test`` (in row order)."""
     metrics = sklearn("metrics")
     x, y, split = _clean(x, y, split)
     y = y.astype(np.int64)
@@ -109,7 +110,8 @@ def _binary_scores(x: np.ndarray, y: np.ndarray, split: np.ndarray, model: str =
             "cross_entropy": float(metrics.log_loss(y[te], p, labels=[0, 1])),
             "accuracy": float(((p > 0.5) == y[te]).mean()),
             "n_train": int(tr.sum()), "n_validation": int(va.sum()), "n_test": int(te.sum()),
-            "positives_test": int(y[te].sum()), "model": model, "C": chosen}
+            "positives_test": int(y[te].sum()), "model": model, "C": chosen,
+            **({"p_test": p} if keep_scores else {})}
 
 
 def _regress(x: np.ndarray, y: np.ndarray, split: np.ndarray, model: str = "linear", *,
@@ -151,9 +153,10 @@ def classify(x, y, split, model: str = "linear", *, seed: int = 0) -> dict:
         return _classify(x, y, split, model, seed=seed)
 
 
-def binary_scores(x, y, split, model: str = "linear", *, seed: int = 0) -> dict:
+def binary_scores(x, y, split, model: str = "linear", *, seed: int = 0,
+                  keep_scores: bool = False) -> dict:
     with one_thread():
-        return _binary_scores(x, y, split, model, seed=seed)
+        return _binary_scores(x, y, split, model, seed=seed, keep_scores=keep_scores)
 
 
 def regress(x, y, split, model: str = "linear", *, seed: int = 0) -> dict:

@@ -71,10 +71,7 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
     t0 = time.perf_counter()
     ds = open_dataset(path)
     if "images" in ds.config:
-        from mlds_jax.store.schema import StoreError
-
-        raise StoreError(f"{ds.attrs['dataset']}: weight-space analysis (trojan detection) of "
-                         f"DS4 image datasets is not built yet")
+        return _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0)
     out = Path(out) if out is not None else Path(ds.path) / splits.SPLIT_DIR
     out.mkdir(parents=True, exist_ok=True)
     ids = _usable(ds)
@@ -143,6 +140,108 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
             from mlds_jax.research.card import write_card
 
             write_card(ds)
+    log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
+    return result
+
+
+def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0) -> dict:
+    """DS4: trojan detection from weights alone, clean nets against their trojaned twins.
+    The task identification, clustering and probes of the RNN datasets do not apply (one
+    task; the functional probes and symmetries are the RNN's)."""
+    from mlds_jax.research.reader import open_dataset
+    from mlds_jax.store.schema import StoreError
+
+    name = ds.attrs["dataset"]
+    if paired is None:
+        raise StoreError(f"{name}: DS4 analysis is trojan detection and needs the twin store: "
+                         f"mlds analyze CLEAN --paired TROJANED")
+    twin = open_dataset(paired)
+    if "images" not in twin.config:
+        raise StoreError(f"{twin.attrs['dataset']} is not a DS4 (image) store; --paired needs "
+                         f"the twin of {name}")
+    poisoned = [bool(np.asarray(d.store.read_per_net("poisoned")).any()) for d in (ds, twin)]
+    if poisoned[0] == poisoned[1]:
+        raise StoreError(f"{name} and {twin.attrs['dataset']} are both "
+                         f"{'trojaned' if poisoned[0] else 'clean'}: --paired needs one of each")
+    clean, trojan = (twin, ds) if poisoned[0] else (ds, twin)
+    out = Path(out) if out is not None else Path(ds.path) / splits.SPLIT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    ids = np.intersect1d(_usable(clean), _usable(trojan))
+    if nets is not None:
+        ids = np.intersect1d(ids, ds.select(nets))
+    split = splits.split_of(ids, seed, fractions)
+    family = np.asarray(trojan.store.read_per_net("trigger_family"))[ids]
+    held_out = np.asarray(trojan.store.read_per_net("held_out"))[ids].astype(bool)
+    family_names = list(trojan.attrs.get("trigger_families", []))
+    log(f"{name}: {len(ids)} pairs of finished nets with finite weights (clean "
+        f"{clean.attrs['dataset']}, trojaned {trojan.attrs['dataset']}); split seed {seed}")
+    w1, w2 = clean.load_weights(ids), trojan.load_weights(ids)
+    same_init = float(np.abs(clean.load_weights(ids, initial=True)
+                             - trojan.load_weights(ids, initial=True)).max()) if len(ids) else 0.0
+    layout = clean.layout
+    f = {"stats": (features.tensor_statistics(w1, layout)[0],
+                   features.tensor_statistics(w2, layout)[0]),
+         "sorted": (pairs.sorted_weight_features(w1, layout),
+                    pairs.sorted_weight_features(w2, layout)),
+         "raw": (w1, w2)}
+    log("trojan detection: clean nets against their trojaned twins")
+    detectors = {}
+    for key, feat, model, ref in (("stats/linear", "stats", "linear", False),
+                                  ("stats/gbt", "stats", "gbt", False),
+                                  ("sorted/linear", "sorted", "linear", False),
+                                  ("raw/linear", "raw", "linear", False),
+                                  ("stats/linear/twin", "stats", "linear", True)):
+        a, b = f[feat]
+        detectors[key] = pairs.trojan_detection(a, b, split, held_out, model=model,
+                                                twin_reference=ref, seed=seed)
+        detectors[key]["cv5"] = pairs.cv_trojan_detection(
+            *((a - b, b - a) if ref else (a, b)), ids, held_out, model=model, seed=seed)
+    result: dict = {
+        "dataset": name, "store": str(ds.path), "paired_store": str(twin.path),
+        "package_version": ds.attrs.get("package_version"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "split": {"seed": int(seed), "fractions": list(map(float, fractions)),
+                  "counts": {n: int((split == i).sum()) for i, n in enumerate(splits.SPLITS)},
+                  "nets": int(len(ids)), "selection": nets,
+                  "note": "pairs finished with finite weights in both stores; counts are "
+                          "pairs (a clean net and its trojaned twin, always in one fold)"},
+        "trojan_detection": {
+            "n_pairs": int(len(ids)), "max_initial_difference": same_init,
+            "families": {family_names[k] if k < len(family_names) else str(k):
+                         int((family == k).sum()) for k in np.unique(family)},
+            "held_out_families": list(trojan.attrs.get("held_out_families", [])),
+            "held_out_pairs": int(held_out.sum()),
+            "chance": dict(pairs.CHANCE),
+            "features": {"stats": "per tensor mean, variance, quantiles 0/25/50/75/100 %",
+                         "sorted": "per tensor sorted weights at 17 evenly spaced quantiles",
+                         "raw": "the flat weight vector"},
+            "measurements": {"all": "every family, train + validation -> test split",
+                             "seen": "families not held out, train + validation -> test",
+                             "held_out": "the same detector on every held-out-family pair",
+                             "cv5": "grouped 5-fold cross-validation by pair id, pooled "
+                                    "out-of-fold scores: all pairs, and seen families only"},
+            "divergence": pairs.twin_divergence(w1, w2, np.zeros(len(ids), np.int64), layout),
+            "detectors": detectors},
+    }
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / ANALYSIS_FILE).write_text(json.dumps(_finite(result), indent=1) + "\n")
+    if write_store:
+        train = split == splits.TRAIN
+        splits.write_splits(ds.path, len(ds), seed=seed, fractions=fractions, norms={
+            "raw": splits.normalization(ds.load_weights(ids)[train])} if train.any() else None)
+    best = detectors["stats/linear"]
+    for part in ("all", "seen", "held_out"):
+        r = best.get(part, {})
+        if "roc_auc" in r:
+            log(f"  stats/linear {part}: ROC-AUC {r['roc_auc']:.3f} "
+                f"[{r['roc_auc_ci95'][0]:.3f}, {r['roc_auc_ci95'][1]:.3f}] on "
+                f"{r['test_pairs']} test pairs (chance 0.5)")
+    for part in ("all", "seen"):
+        r = best["cv5"].get(part, {})
+        if "roc_auc" in r:
+            log(f"  stats/linear cv5 {part}: ROC-AUC {r['roc_auc']:.3f} "
+                f"[{r['roc_auc_ci95'][0]:.3f}, {r['roc_auc_ci95'][1]:.3f}] on "
+                f"{r['test_pairs']} pairs out of fold (chance 0.5)")
     log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
     return result
 
