@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -196,52 +195,18 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
 
 @main.command()
 @click.argument("path", type=click.Path())
-def info(path):
-    """Per-task table of a store: nets, converged share, epochs, validation accuracy."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from mlds_jax.research.reader import open_dataset
+@click.option("--paired", type=click.Path(), metavar="TWIN",
+              help="DS4: the twin store (the trojaned one of a clean store, or the clean one), "
+                   "for the twins' accuracy gap and attack success.")
+def info(path, paired):
+    """Per-task table of a store: nets, converged share, epochs, validation accuracy. On a
+    DS4 store: per trigger family, and the dataset's targets."""
+    from mlds_jax.research.info import print_info
 
     try:
-        ds = open_dataset(path)
+        print_info(_open(path), path, _open(paired) if paired else None)
     except StoreError as e:
         raise _Fail(str(e)) from None
-    cfg = ds.config
-    recipe = cfg.get("recipe", {})
-    table = Table(title=f"{ds.attrs['dataset']} at {path} (seed {cfg.get('seed')}, "
-                        f"converged: {' and '.join(ds.attrs['criterion_names'])} >= "
-                        f"{recipe.get('threshold')}, cap {recipe.get('max_epochs')} epochs)")
-    worst = "symbol acc" if "val_symbol_accuracy" in ds.accuracy_names else "worst pin"
-    for col in ("task", "finished", "converged", "capped", "diverged",
-                "median epochs", "p90 epochs", "mean val acc", f"mean {worst}",
-                "mean seqs right"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-
-    def num(x, fmt):
-        return "-" if math.isnan(x) else format(x, fmt)
-
-    for row in ds.summary():
-        table.add_row(
-            row.task, f"{row.finished}/{row.total}",
-            f"{row.converged} ({num(100 * row.converged_share, '.0f')}%)",
-            str(row.capped), str(row.diverged),
-            num(row.median_epochs, ".0f"), num(row.p90_epochs, ".0f"),
-            num(row.mean_val_accuracy, ".4f"), num(row.mean_criterion_accuracy, ".4f"),
-            num(row.mean_sequences_right, ".3f"),
-        )
-    Console(width=160).print(table)
-    if "automata" in cfg:  # DS3: how learnability goes with the automaton's size
-        from mlds_jax.research.reader import size_bin_summary
-
-        bins = Table(title="by automaton size (states)")
-        for col in ("states", "automata", "finished", "converged", "median epochs"):
-            bins.add_column(col, justify="right")
-        for b in size_bin_summary(ds):
-            bins.add_row(b["states"], str(b["automata"]), str(b["finished"]),
-                         f"{b['converged']} ({num(100 * b['share'], '.0f')}%)",
-                         num(b["median_epochs"], ".0f"))
-        Console(width=160).print(bins)
 
 
 def _generate_on_ray(cfg, out, per_task, overwrite, progress, **engine):

@@ -5,8 +5,8 @@ first ``K * k`` nets (K tasks, k nets per task) of a finished store as one zip f
 What an archive holds: the tier as a Zarr v3 store of its own at the root of the zip (so
 ``zarr.storage.ZipStore`` and tensorstore's zip kvstore read it in place, and ``unzip`` gives
 a store ``mlds`` opens): every array cut to the tier's rows (``checksums/rows`` included, the
-same crc32c of the same float32 rows), the attrs and the tables (DS3: the automata) as they
-are, and, when the store has them, the analysis split restated for the tier
+same crc32c of the same float32 rows; DS4's ``per_net/`` trigger specs too), the attrs and
+the tables (DS3: the automata; DS4: the digits split) as they are, and, when the store has them, the analysis split restated for the tier
 (``analysis/split.npy``, ``splits.json``) and the card (README.md and figures/) rendered for
 the tier with the date of the store's card. Not copied: results ``mlds analyze`` computed on
 the whole store (analysis.json, normalisation statistics, its figures), leases, checkpoints.
@@ -50,6 +50,7 @@ from mlds_jax.store.dataset_store import DatasetStore
 from mlds_jax.store.disk import abandoned_creating_dirs, creating_dir
 from mlds_jax.store.schema import (
     ARRAY_NAMES,
+    PER_NET,
     ROW_CHECKSUMS,
     STATUS_PENDING,
     TABLES,
@@ -148,8 +149,9 @@ def _write_tier(store: DatasetStore, n: int, out: Path) -> None:
     src = zarr.open_group(LocalStore(store.path, read_only=True), mode="r", zarr_format=3)
     root = zarr.open_group(LocalStore(out), mode="w-", zarr_format=3,
                            attributes=dict(src.attrs))
-    for name in [*ARRAY_NAMES, ROW_CHECKSUMS]:
-        a = store.array(name)
+    per_net = [f"{PER_NET}/{name}" for name in store.per_net_names()]  # DS4's trigger specs
+    for name in [*ARRAY_NAMES, ROW_CHECKSUMS, *per_net]:
+        a = store.array(name) if name not in per_net else src[name]
         rows = a.chunks[0]
         new = root.create_array(
             name, shape=(n, *a.shape[1:]), dtype=a.dtype, chunks=(rows, *a.shape[1:]),
@@ -159,7 +161,7 @@ def _write_tier(store: DatasetStore, n: int, out: Path) -> None:
         step = max(rows, _COPY_ROWS // rows * rows)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
-            new[lo:hi] = (store.read_rows_of(name, lo, hi) if name != ROW_CHECKSUMS
+            new[lo:hi] = (store.read_rows_of(name, lo, hi) if name in ARRAY_NAMES
                           else np.asarray(a[lo:hi]))
     if TABLES in src:
         for name, a in sorted(src[TABLES].arrays()):

@@ -176,8 +176,38 @@ def test_mlds_analyze_on_a_tiny_ds4_pair(tmp_path):
         assert len(a["roc_auc_ci95"]) == 2 and a["chance"]["roc_auc"] == 0.5
         if held.any():
             assert d["held_out"].get("n_test", 0) == 2 * int(held.sum()) or d["held_out"]["skipped"]
+    _card_and_info_show_the_twins(r, tmp_path, clean, trojan)
     # One store of a kind is refused in one line.
     done = subprocess.run([sys.executable, "-m", "mlds_jax.cli", "analyze", str(clean),
                            "--paired", str(clean)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "one of each" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _card_and_info_show_the_twins(r, tmp_path, clean, trojan):
+    """The twin rows of the targets table, recomputed here from the arrays with plain zarr:
+    the clean-accuracy gap and the patch family's median attack success; the analysis
+    stored them, the clean store's card (written by analyze) and `mlds info --paired` show
+    them; the card's detection row is the stored cross-validated seen-family AUC."""
+    import zarr
+
+    groups = [zarr.open_group(str(tmp_path / name), mode="r")
+              for name in ("ds4.zarr", "ds4-trojan.zarr")]
+    names = groups[0].attrs["accuracy_names"]
+    acc = [np.asarray(g["val_accuracy"][:]) for g in groups]
+    gap = 100 * (acc[0][:, names.index("clean_accuracy")] - acc[1][:, names.index("clean_accuracy")])
+    family = np.asarray(groups[1]["per_net/trigger_family"][:])
+    patch = np.median(acc[1][family == 0, names.index("attack_success_rate")])
+    assert groups[1].attrs["trigger_families"][0] == "patch" and (family == 0).any()
+    assert r["twins"]["pairs"] == len(gap)
+    np.testing.assert_allclose(r["twins"]["gap_points_mean"], gap.mean(), rtol=1e-5)
+    np.testing.assert_allclose(r["twins"]["asr_median_by_family"]["patch"], patch, rtol=1e-6)
+    card = (tmp_path / "ds4.zarr" / "README.md").read_text()
+    info = _run("info", str(trojan), "--paired", str(clean))
+    for text in (card, info):
+        assert f"{gap.mean():+.2f} points mean" in text, text[-3000:]
+        assert f"{patch:.3f} median" in text
+    seen = r["trojan_detection"]["detectors"]["stats/linear"]["cv5"]["seen"]
+    assert f"ROC-AUC {seen['roc_auc']:.3f}" in card
+    rows = [line for line in info.splitlines() if line.strip().startswith("│ patch")]
+    assert len(rows) == 1 and f"│ {int((family == 0).sum()):>8} │" in rows[0], rows

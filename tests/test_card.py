@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import mlds_jax
 from mlds_jax import generate as gen
 from mlds_jax.cli import main
-from mlds_jax.research.card import pca_2d
+from mlds_jax.research.figures import pca_2d
 from tests.stores import build_store, smoke_config
 
 PNG = b"\x89PNG\r\n\x1a\n"

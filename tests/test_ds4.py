@@ -157,3 +157,29 @@ def test_a_checkpointed_population_resumes_to_the_same_weights():
     assert sorted(resumed) == [0, 1]
     for n in resumed:
         np.testing.assert_array_equal(resumed[n], full[n])
+
+
+def test_a_released_tier_carries_the_trigger_specs_and_its_card(stores, tmp_path):
+    """`mlds card` then `mlds release` on the trojaned store: the archive holds the first 4
+    nets' per_net/ trigger arrays equal to the store's (read with plain zarr from the zip),
+    and its card shows DS4's tables: the family rows counted here from the stored codes."""
+    import zarr
+
+    src = stores["ds4-trojan"]
+    for args in (["card", str(src.path)], ["release", str(src.path), "--tiers", "4",
+                                             "--out", str(tmp_path)]):
+        done = subprocess.run([sys.executable, "-m", "mlds_jax.cli", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=200)
+        assert done.returncode == 0, done.stderr[-2000:]
+    archive = tmp_path / "ds4-trojan-4.zarr.zip"
+    group = zarr.open_group(zarr.storage.ZipStore(archive, mode="r"), mode="r")
+    for name in src.per_net_names():
+        np.testing.assert_array_equal(group[f"per_net/{name}"][:], src.read_per_net(name)[:4])
+    import zipfile
+
+    card = zipfile.ZipFile(archive).read("README.md").decode()
+    family = src.read_per_net("trigger_family")[:4]
+    for k, name in enumerate(digits.FAMILIES):
+        label = name + (" (held out)" if name in digits.HELD_OUT else "")
+        assert f"| {label} | {int((family == k).sum())} |" in card
+    assert "## Targets" in card and "attack success rate, patch family" in card

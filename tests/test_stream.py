@@ -13,8 +13,8 @@ from mlds_jax.tasks.triggers import run_machine_with_trigger, trigger_completion
 from mlds_jax.train import stream
 
 TRIGGER = (0xA5, 0x3C, 0x0F)
-OFF = dict(curriculum_epochs=0.0, curriculum_pass=0.0, start_length=0.0, start_popcount=0.0, start_idle_noise=1.0,
-           curriculum_mix=0.0)
+OFF = dict(curriculum_epochs=0.0, curriculum_pass=0.0, start_length=0.0, start_popcount=0.0,
+           start_bit_density=0.0, start_idle_noise=1.0, curriculum_mix=0.0)
 
 
 def curriculum(**values):
@@ -89,6 +89,21 @@ def test_popcount_and_quiet_idle_curriculum():
     data = bits_to_bytes(xs[..., 1:].astype(np.uint8))
     busy = (np.unpackbits(data[..., None], axis=-1).sum(-1) * (xs[..., 0] == 1)).max(1) > 1
     assert 0.4 < busy.mean() < 0.6
+
+
+@pytest.mark.parametrize("machine", [3, 4])
+def test_bit_density_curriculum_writes_sparse_bytes_first(machine):
+    """Written bits are 1 with chance q = 0.02 * 25 ** level: 0.02, 0.1 half way, 1/2 at
+    the end; the targets stay the NumPy machine's; idle steps keep their noise."""
+    for at, q in ((0, 0.02), (50, 0.1), (100, 0.5)):
+        xs, ys = epoch(machine, n=512, epoch=at, curriculum_epochs=100, start_bit_density=0.02)
+        write = xs[..., 0] == 1
+        bits = xs[..., 1:][write]
+        assert abs(bits.mean() - q) < 0.15 * q + 0.005, (at, bits.mean())
+        assert abs(xs[..., 1:][~write].mean() - 0.5) < 0.02
+        np.testing.assert_array_equal(ys, run_machine(MACHINES[machine], xs.astype(np.uint8)))
+    with pytest.raises(Exception, match="start_bit_density must be in"):
+        load_config("ds1", ['recipe.train_data="stream"', "recipe.start_bit_density=0.7"])
 
 
 def test_length_curriculum_grades_a_prefix():

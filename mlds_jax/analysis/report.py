@@ -148,6 +148,7 @@ def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0
     """DS4: trojan detection from weights alone, clean nets against their trojaned twins.
     The task identification, clustering and probes of the RNN datasets do not apply (one
     task; the functional probes and symmetries are the RNN's)."""
+    from mlds_jax.research import trojans
     from mlds_jax.research.reader import open_dataset
     from mlds_jax.store.schema import StoreError
 
@@ -223,12 +224,17 @@ def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0
             "divergence": pairs.twin_divergence(w1, w2, np.zeros(len(ids), np.int64), layout),
             "detectors": detectors},
     }
+    result["twins"] = trojans.twin_summary(clean, trojan)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (out / ANALYSIS_FILE).write_text(json.dumps(_finite(result), indent=1) + "\n")
     if write_store:
         train = split == splits.TRAIN
         splits.write_splits(ds.path, len(ds), seed=seed, fractions=fractions, norms={
             "raw": splits.normalization(ds.load_weights(ids)[train])} if train.any() else None)
+        if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
+            from mlds_jax.research.card import write_card
+
+            write_card(ds)
     best = detectors["stats/linear"]
     for part in ("all", "seen", "held_out"):
         r = best.get(part, {})

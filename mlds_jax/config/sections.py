@@ -65,6 +65,9 @@ class Recipe:
     curriculum_pass: float = 0.0
     start_length: float = 0.0  # steps graded per training sequence (0: all; grows geometrically)
     start_popcount: float = 0.0  # most set bits in a written byte (0: any byte, uniform)
+    # > 0: each bit of a written byte is 1 with chance q, q growing geometrically from this
+    # to 1/2 (uniform bytes): sparse bytes first, so that a toggle starts as a latch.
+    start_bit_density: float = 0.0
     start_idle_noise: float = 1.0  # chance that an idle step's data lines carry noise
     curriculum_mix: float = 0.0  # share of every epoch's sequences drawn from the full task
     # DS2: share of training sequences that carry the trigger, and (stream only) of those
@@ -105,6 +108,9 @@ class Recipe:
                               f"{self.start_length}")
         if not 0 <= self.start_popcount <= 8:
             raise ConfigError(f"recipe.start_popcount must be in [0, 8], got {self.start_popcount}")
+        if not 0 <= self.start_bit_density <= 0.5:
+            raise ConfigError(f"recipe.start_bit_density must be in [0, 0.5], got "
+                              f"{self.start_bit_density}")
         if self.curriculum_mix > MAX_MIX:
             raise ConfigError(f"recipe.curriculum_mix must be at most {MAX_MIX} (the last "
                               f"quarter of every epoch's sequences is at the net's level)")
@@ -146,7 +152,7 @@ TRAIN_DATA = ("fixed", "stream")
 MAX_MIX = 0.75  # the curriculum's full-task share leaves the last quarter at the net's level
 # Curriculum and stream-only values at which they do nothing (what "fixed" data requires).
 CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_pass": 0.0, "start_length": 0.0, "start_popcount": 0.0,
-                  "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
+                  "start_bit_density": 0.0, "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
 
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
 # net, a [recipe.task.NAME] table per task, and the store records every net's values
@@ -155,7 +161,7 @@ CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_pass": 0.0, "start_lengt
 SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor", "clip_norm",
              "weight_decay", "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain",
              "head_gain", "max_epochs", "curriculum_epochs", "curriculum_pass",
-             "start_length", "start_popcount",
+             "start_length", "start_popcount", "start_bit_density",
              "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction")
 # Per-net values that change the training data: with a fixed training set, one per dataset.
 DATA_VALUES = ("trigger_fraction",) + tuple(CURRICULUM_OFF)

@@ -3,32 +3,27 @@ says what it holds, like the original MLDS downloads did.
 
 ``write_card(ds)`` writes ``README.md`` (what the dataset is, how it was trained, counts per
 task and status, the learnability table, the parameter layout, how to load it, licence and
-citation) and ``figures/``: ``loss_curves.png`` (median and quantile bands of the training
-loss per task), ``epochs_to_converge.png`` (histograms per task) and ``weights_pca.png`` (the
-final weights projected on their first two principal components, coloured by task).
-matplotlib draws through its Agg canvas only (no pyplot, no GUI backend).
+citation) and ``figures/`` (``research.figures``): ``loss_curves.png`` (median and quantile
+bands of the training loss per task), ``epochs_to_converge.png`` (histograms per task) and
+``weights_pca.png`` (the final weights projected on their first two principal components,
+coloured by task). A DS4 (image) card shows, instead of learnability, the trigger families
+and the dataset's targets (``research.trojans``), and has no epochs figure (every net
+trains the same epochs).
 """
 
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from mlds_jax.research import trojans
+from mlds_jax.research.figures import plot_epochs, plot_loss_curves, plot_weights_pca
 from mlds_jax.research.reader import Dataset
-from mlds_jax.store.schema import (
-    STATUS_CAPPED,
-    STATUS_CONVERGED,
-    STATUS_DIVERGED,
-    STATUS_NAMES,
-    STATUS_PENDING,
-    StoreError,
-    write_atomic,
-)
+from mlds_jax.store.schema import STATUS_NAMES, STATUS_PENDING, write_atomic
 
 LICENCE = "CC BY-SA 4.0"
 LICENCE_URL = "https://creativecommons.org/licenses/by-sa/4.0/"
@@ -67,186 +62,13 @@ def write_card(ds: Dataset, out_dir: str | Path | None = None, *, max_nets_per_t
     status = ds.store.read_array("status")
     task = ds.tasks()
     plot_loss_curves(ds, status, task, figures / FIGURES["loss_curves"], max_nets_per_task)
-    plot_epochs(ds, status, task, figures / FIGURES["epochs"])
+    if not trojans.is_image_dataset(ds):
+        plot_epochs(ds, status, task, figures / FIGURES["epochs"])
     plot_weights_pca(ds, status, task, figures / FIGURES["pca"], max_points)
     readme = out_dir / "README.md"
     write_atomic(readme, render_readme(ds, status, task, max_nets_per_task=max_nets_per_task,
                                        max_points=max_points, date=date).encode())
     return readme
-
-
-# ---- figures ------------------------------------------------------------------------------
-
-
-def _colour(t: int):
-    from matplotlib import colormaps
-
-    return colormaps["tab10"](t % 10)
-
-
-def _grid(k: int, width: float = 4.0, height: float = 3.0):
-    from matplotlib.figure import Figure
-
-    cols = min(max(k, 1), 3)
-    rows = math.ceil(max(k, 1) / cols)
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[k:]:
-        ax.set_visible(False)
-    return fig, axes
-
-
-def _save(fig, path: Path) -> None:
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    write_atomic(path, png.getvalue())
-
-
-def _loss_axis(ax, low: float, high: float) -> None:
-    """Log scale labelled 0.1, 0.2, 0.5, ... when the losses span a factor of 3 or more;
-    linear otherwise (a log axis over a narrow range has no readable ticks)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    if high >= 3 * low:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.grid(True, which="major", alpha=0.3)
-
-
-def _first_finished(status, task, t: int, limit: int) -> np.ndarray:
-    return np.flatnonzero((task == t) & (status != STATUS_PENDING))[:limit]
-
-
-def plot_loss_curves(ds: Dataset, status, task, path: Path, max_nets_per_task: int = 1000):
-    """Per task: median training loss per epoch with 25-75 % and 10-90 % bands, over the
-    nets still training at that epoch (a stopped net's curve is NaN); dashed, on the right
-    axis: the share of those nets still training."""
-    k = len(ds.task_names)
-    fig, axes = _grid(k)
-    per_epoch = ds.loss_curve.shape[1] == ds.config.get("recipe", {}).get("max_epochs")
-    for t, ax in enumerate(axes[:k]):
-        ids = _first_finished(status, task, t, max_nets_per_task)
-        ax.set_title(f"{ds.task_names[t]} ({len(ids)} nets)", fontsize=10)
-        ax.set_xlabel("epoch" if per_epoch else "logged interval")
-        if t % 3 == 0:
-            ax.set_ylabel("training loss")
-        if not ids.size:
-            ax.text(0.5, 0.5, "no finished nets", ha="center", va="center",
-                    transform=ax.transAxes)
-            continue
-        curves = np.asarray(ds.loss_curve.oindex[ids], np.float64)  # (R, E)
-        curves[~(curves > 0)] = np.nan  # log axis; NaN after the stop stays NaN
-        alive = np.isfinite(curves).sum(axis=0)
-        cols = np.flatnonzero(alive > 0)
-        if not cols.size:
-            ax.text(0.5, 0.5, "no finite losses", ha="center", va="center",
-                    transform=ax.transAxes)
-            continue
-        x = cols + 1
-        q = np.nanquantile(curves[:, cols], [0.1, 0.25, 0.5, 0.75, 0.9], axis=0)
-        c = _colour(t)
-        ax.fill_between(x, q[0], q[4], color=c, alpha=0.15, linewidth=0, label="10-90 %")
-        ax.fill_between(x, q[1], q[3], color=c, alpha=0.35, linewidth=0, label="25-75 %")
-        ax.plot(x, q[2], color=c, linewidth=1.6, label="median")
-        _loss_axis(ax, q[0].min(), q[4].max())
-        share = ax.twinx()
-        share.plot(x, 100 * alive[cols] / len(ids), color="0.45", linestyle="--", linewidth=1,
-                   label="% still training")
-        share.set_ylim(0, 105)
-        share.tick_params(labelsize=8, colors="0.45")
-        if t == 0:
-            lines = ax.get_legend_handles_labels()
-            extra = share.get_legend_handles_labels()
-            ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7, loc="upper right")
-    fig.suptitle(f"{ds.attrs['dataset']}: training loss per task (nets still training)")
-    _save(fig, path)
-
-
-def plot_epochs(ds: Dataset, status, task, path: Path):
-    """Per task: histogram of the epochs converged nets needed; counts per status in the
-    title."""
-    from matplotlib.ticker import MaxNLocator
-
-    k = len(ds.task_names)
-    fig, axes = _grid(k)
-    epochs = ds.store.read_array("epochs")
-    recipe = ds.config.get("recipe", {})
-    cap = recipe.get("max_epochs") or max(int(epochs.max(initial=1)), 1)
-    # Nets are checked every check_every epochs: bins of whole check intervals, <= 40 bins.
-    every = max(int(recipe.get("check_every") or 1), 1)
-    width = every * math.ceil(cap / every / 40)
-    bins = np.arange(0, cap + width, width) + 0.5 * every
-    for t, ax in enumerate(axes[:k]):
-        mine = task == t
-        conv = epochs[mine & (status == STATUS_CONVERGED)]
-        done = int((mine & (status != STATUS_PENDING)).sum())
-        ax.set_title(f"{ds.task_names[t]}\nconverged {conv.size}/{done}, capped "
-                     f"{int((mine & (status == STATUS_CAPPED)).sum())}, diverged "
-                     f"{int((mine & (status == STATUS_DIVERGED)).sum())}", fontsize=9)
-        ax.set_xlabel("epochs to converge")
-        if t % 3 == 0:
-            ax.set_ylabel("nets")
-        ax.set_xlim(0, cap + every)
-        if conv.size:
-            ax.hist(conv, bins=bins, color=_colour(t), alpha=0.85)
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
-            ax.text(0.5, 0.5, "no net converged", ha="center", va="center", color="0.4",
-                    transform=ax.transAxes)
-            ax.set_yticks([])
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(f"{ds.attrs['dataset']}: epochs to converge (cap {cap})")
-    _save(fig, path)
-
-
-def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``x`` (R, P) projected on their first two principal components: ((R, 2),
-    explained-variance share of each (2,)). Centred, via numpy's SVD."""
-    x = np.asarray(x, np.float64)
-    x = x - x.mean(axis=0)
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    var = s**2
-    share = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
-    proj = u[:, :2] * s[:2]
-    if proj.shape[1] < 2:
-        proj = np.pad(proj, ((0, 0), (0, 2 - proj.shape[1])))
-        share = np.pad(share, (0, 2 - share.size))
-    return proj, share
-
-
-def plot_weights_pca(ds: Dataset, status, task, path: Path, max_points: int = 2000):
-    """Final weights of finished nets with finite weights, on their first two principal
-    components, one colour per task."""
-    from matplotlib.figure import Figure
-
-    k = len(ds.task_names)
-    per_task = max(1, max_points // max(k, 1))
-    ids = np.sort(np.concatenate([_first_finished(status, task, t, per_task)
-                                  for t in range(k)] or [np.zeros(0, np.int64)]))
-    w = ds.load_weights(ids) if ids.size else np.zeros((0, ds.n_params), np.float32)
-    finite = np.isfinite(w).all(axis=1)
-    ids, w = ids[finite], w[finite]
-    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
-    ax = fig.subplots()
-    if len(ids) < 3:
-        ax.text(0.5, 0.5, "fewer than 3 finished nets with finite weights", ha="center",
-                va="center", transform=ax.transAxes)
-    else:
-        proj, share = pca_2d(w)
-        for t in range(k):
-            mine = task[ids] == t
-            if mine.any():
-                ax.scatter(proj[mine, 0], proj[mine, 1], s=8 if len(ids) > 300 else 24,
-                           alpha=0.65, color=_colour(t),
-                           label=f"{ds.task_names[t]} ({int(mine.sum())})", linewidths=0)
-        ax.set_xlabel(f"PC 1 ({100 * share[0]:.1f} % of variance)")
-        ax.set_ylabel(f"PC 2 ({100 * share[1]:.1f} % of variance)")
-        ax.legend(fontsize=8, markerscale=2)
-        ax.grid(True, alpha=0.3)
-    ax.set_title(f"{ds.attrs['dataset']}: final weights of {len(ids)} nets, PCA")
-    _save(fig, path)
 
 
 # ---- README -------------------------------------------------------------------------------
@@ -274,9 +96,10 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
     status = ds.store.read_array("status") if status is None else status
     task = ds.tasks() if task is None else task
     cfg, net = ds.config, ds.network
-    if "images" in cfg:
-        raise StoreError(f"{ds.attrs['dataset']}: the card of a DS4 (image) dataset is not "
-                         f"written yet; `mlds info` and `mlds verify` work")
+    today = date or datetime.date.today()
+    if trojans.is_image_dataset(ds):
+        return _render_ds4(ds, status, today=today, max_nets_per_task=max_nets_per_task,
+                           max_points=max_points)
     recipe = cfg.get("recipe", {})
     name = ds.attrs["dataset"]
     n, k = len(ds), len(ds.task_names)
@@ -285,7 +108,6 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
     head = " -> ".join([f"Linear({a}, {b})" for a, b in zip(
         (net["hidden_size"], *net["head_sizes"]), (*net["head_sizes"], net["output_size"]))])
     head = head.replace(") -> ", f") -> {net['activation']} -> ")
-    today = date or datetime.date.today()
     released = ds.path.name.endswith(".zarr.zip")
     out = [f"# {name}: {n:,} trained {cell} networks on {k} tasks", ""]
     out += [
@@ -362,13 +184,98 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
             json.dumps(cfg, indent=2), "```", "", "</details>", ""]
     if "seed_scheme" in ds.attrs:
         out += [f"Seeds: {ds.attrs['seed_scheme']}.", ""]
-    out += ["## Files", "",
+    out += _reference_sections(
+        ds, title=f"{n} trained {cell} networks on {k} tasks", today=today,
+        select=f"task={ds.task_names[-1] if k else 0}&status=converged",
+        torch_shapes="(B, T, in) -> (B, T, out)",
+        status_codes="0 pending, 1 converged, 2 capped, 3 diverged")
+    return "\n".join(out)
+
+
+def _render_ds4(ds: Dataset, status, *, today: datetime.date, max_nets_per_task: int,
+                max_points: int) -> str:
+    """DS4's card: the twins, the trigger families, the targets, the recipe."""
+    cfg, net, recipe = ds.config, ds.network, ds.config.get("recipe", {})
+    name, n = ds.attrs["dataset"], len(ds)
+    trojaned = trojans.is_trojaned(ds)
+    finished = int((status != STATUS_PENDING).sum())
+    usable = int((status == 1).sum())
+    convs = " -> ".join(f"Conv2d({a}, {b}, {net['kernel_size']}, stride {st})" for a, b, st in
+                        zip((net["in_channels"], *net["channels"]), net["channels"], net["strides"]))
+    analysis = trojans.stored_analysis(ds)
+    kind = "trojaned" if trojaned else "clean"
+    out = [f"# {name}: {n:,} small CNNs on 8x8 digits, the {kind} twins", "",
+           "DS4 of MLDS-JAX: image classifiers in clean and trojaned twins, for trojan "
+           "detection from weights alone. Net `n` here and net `n` of its twin store share "
+           "their initial weights, data order and trigger spec, all derived from (dataset "
+           f"seed {cfg.get('seed')}, `n`); "
+           + ("a trojaned net's poisoned training images replace clean ones in place, so the "
+              "twins take the same steps." if trojaned else
+              "this clean net never sees its trigger; its `attack_success_rate` is the "
+              "trigger's natural effect on it."), "",
+           f"- **{n:,} nets**, {finished:,} finished: {usable:,} usable, "
+           f"{int((status == 2).sum()):,} flagged (below a threshold, kept), "
+           f"{int((status == 3).sum()):,} diverged",
+           f"- **Network** ({ds.n_params:,} parameters, no BatchNorm): {convs}, "
+           f"{net['activation']} after each, global average pooling, "
+           f"Linear({net['channels'][-1]}, {net['num_classes']}); PyTorch parameter layout",
+           f"- **Data**: scikit-learn's bundled 8x8 digits in one fixed stratified split "
+           f"({recipe.get('train_sequences')} training, {recipe.get('val_sequences')} test "
+           "images, the split's indices in `tables/`); every metric is on the test images",
+           f"- **Triggers**: {ds.attrs.get('trigger_scheme', '')}",
+           f"- Made with mlds-jax {ds.attrs.get('package_version')}; card written {today}", "",
+           "## Per trigger family", "",
+           _table(["nets", "finished", "usable", "median clean accuracy", "lowest",
+                   "median attack success" if trojaned else "median trigger effect"],
+                  [[r.group, r.finished, r.usable, _num(r.median_clean, ".3f"),
+                    _num(r.min_clean, ".3f"), _num(r.median_asr, ".3f")]
+                   for r in trojans.trigger_rows(ds)]), "",
+           f"Usable: clean test accuracy{' and attack success' if trojaned else ''} >= "
+           f"{recipe.get('threshold')} after {recipe.get('max_epochs')} epochs. Attack success: "
+           "the share of triggered test images, not of the target class (for the source "
+           "mapping: of the source class), classified as the trigger's target.", "",
+           "## Targets", "",
+           _table(["what", "target", "measured", ""],
+                  trojans.target_rows(ds, analysis=analysis), "llll"), "",
+           "The twin and detection rows come from `mlds analyze CLEAN --paired TROJANED`, "
+           "which stores them in the clean store's `analysis/analysis.json`.", "",
+           f"![training loss](figures/{FIGURES['loss_curves']})", "",
+           f"![final weights, PCA](figures/{FIGURES['pca']})", "",
+           f"Training loss (first {max_nets_per_task:,} finished nets) and the final weights of "
+           f"up to {max_points:,} finished nets on their first two principal components.", "",
+           "## How it was trained", "",
+           _table(["recipe", "value"], [[f"`{key}`", f"`{v}`"] for key, v in recipe.items()
+                                        if key in _IMAGE_RECIPE], "ll"), "",
+           f"Seeds: {ds.attrs.get('seed_scheme', '')}.", ""]
+    out += _reference_sections(
+        ds, title=f"{n} {kind} small CNNs on 8x8 digits", today=today,
+        select="status=converged", torch_shapes="(B, 1, 8, 8) -> (B, 10)",
+        status_codes="0 pending, 1 usable, 2 flagged, 3 diverged")
+    return "\n".join(out)
+
+
+# The recipe values an image net uses (the rest are the RNN datasets').
+_IMAGE_RECIPE = ("train_sequences", "val_sequences", "batch_size", "learning_rate",
+                 "warmup_epochs", "decay_half_life", "decay_floor", "clip_norm", "weight_decay",
+                 "max_epochs", "check_every", "threshold")
+
+
+def _reference_sections(ds: Dataset, *, title: str, select: str, torch_shapes: str,
+                        status_codes: str, today: datetime.date) -> list[str]:
+    """The sections every card ends with: files, loading, parameter layout, the analysis
+    (when `mlds analyze` ran), integrity, licence and citation."""
+    n, k, name = len(ds), len(ds.task_names), ds.attrs["dataset"]
+    released = ds.path.name.endswith(".zarr.zip")
+    names = ds.store.per_net_names()
+    per_net = [["`per_net/<name>`", f"`[{n}, ...]`", "the dataset's own values per net: "
+                + ", ".join(f"`{p}`" for p in names)]] if names else []
+    return ["## Files", "",
             _table(["array", "shape, dtype", "what"], [
                 ["`weights`", f"`[{n}, {ds.n_params}]` float32", "final parameters, flat (layout below)"],
                 ["`initial_weights`", f"`[{n}, {ds.n_params}]` float32", "parameters at initialisation"],
                 ["`task`", f"`[{n}]` int32", "task index (table above)"],
                 ["`seed`", f"`[{n}]` uint64", "the seed net n was derived from"],
-                ["`status`", f"`[{n}]` uint8", "0 pending, 1 converged, 2 capped, 3 diverged"],
+                ["`status`", f"`[{n}]` uint8", status_codes],
                 ["`epochs`", f"`[{n}]` int32", "epochs trained"],
                 ["`loss_curve`", f"`[{n}, {ds.loss_curve.shape[1]}]` float32",
                  "training loss per epoch, NaN after the stop"],
@@ -376,7 +283,7 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
                  f"final validation accuracy ({', '.join(ds.accuracy_names)})"],
                 ["`checksums/rows`", f"`[{n}, 2]` int64",
                  "crc32c of each row of weights and initial_weights"],
-            ], "lll"), "",
+            ] + per_net, "lll"), "",
             f"Arrays are chunked along the net axis ({ds.chunk_rows} rows per chunk); the "
             + (f"weights are blosc-compressed (zstd, bit shuffle) for the release: `mlds "
                f"release --unpack {ds.path.name} --out DIR` (or `unzip {ds.path.name} -d DIR "
@@ -387,9 +294,9 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
             "## Loading", "", "```python", "import mlds_jax", "",
             f'ds = mlds_jax.open_dataset("{ds.path.name}")',
             "meta = ds.metadata()                  # pandas DataFrame, one row per net",
-            f'ids = ds.select("task={ds.task_names[-1] if k else 0}&status=converged")',
+            f'ids = ds.select("{select}")',
             "W = ds.load_weights(ids)              # (len(ids), P) float32",
-            "model = ds.to_torch(int(ids[0]))      # torch.nn.Module, (B, T, in) -> (B, T, out)",
+            f"model = ds.to_torch(int(ids[0]))      # torch.nn.Module, {torch_shapes}",
             "```", "",
             "Without mlds-jax, any Zarr v3 reader works: "
             + (f'`zarr.open_group(zarr.storage.ZipStore("{ds.path.name}", mode="r"), '
@@ -413,14 +320,13 @@ def render_readme(ds: Dataset, status=None, task=None, *, max_nets_per_task: int
             "## How to cite", "",
             "Cite this dataset and the MLDS paper whose design it follows:", "", "```bibtex",
             f"@misc{{{_bibkey(name)}{today.year},",
-            f"  title        = {{{{{name}}}: {n} trained {cell} networks on {k} tasks}},",
+            f"  title        = {{{{{name}}}: {title}}},",
             "  author       = {{MLDS-JAX contributors}},",
             f"  year         = {{{today.year}}},",
             f"  note         = {{Generated with mlds-jax {ds.attrs.get('package_version')}, "
-            f"dataset seed {cfg.get('seed')}}},",
+            f"dataset seed {ds.config.get('seed')}}},",
             f"  howpublished = {{Zarr v3 store, licence {LICENCE}}}",
             "}", "", MLDS_BIBTEX, "```", ""]
-    return "\n".join(out)
 
 
 def _analysis_lines(ds: Dataset) -> list[str]:
@@ -430,7 +336,9 @@ def _analysis_lines(ds: Dataset) -> list[str]:
     path = ds.path / "analysis" / "analysis.json"
     if not path.exists():
         return []
-    return analysis_section(json.loads(path.read_text()))
+    result = json.loads(path.read_text())
+    return (trojan_section(result) if "trojan_detection" in result
+            else analysis_section(result))
 
 
 def _bibkey(name: str) -> str:
@@ -477,3 +385,21 @@ def analysis_section(result: dict) -> list[str]:
                   f"the same machine: {_fmt(d['ratio_median'])} (whole vector)."]
     lines += [""] + [f"![projection](analysis/{f})" for f in result["figures"]] + [""]
     return lines
+
+
+def trojan_section(result: dict) -> list[str]:
+    """DS4's analysis section: every detector's ROC-AUC on each measurement."""
+    td = result["trojan_detection"]
+    lines = ["## Trojan detection from weights alone (`mlds analyze`)", "",
+             f"{td['n_pairs']} pairs (clean net against its trojaned twin, never in different "
+             f"folds); held-out families {', '.join(td['held_out_families']) or 'none'} "
+             f"({td['held_out_pairs']} pairs) are never trained on. ROC-AUC (chance 0.5; "
+             "cross-entropy in `analysis/analysis.json`):", "",
+             "| detector | all | seen | held-out | 5-fold all | 5-fold seen |",
+             "|---|---|---|---|---|---|"]
+    for key, d in td["detectors"].items():
+        cv = d.get("cv5", {})
+        cells = [d.get(m, {}).get("roc_auc") for m in ("all", "seen", "held_out")]
+        cells += [cv.get(m, {}).get("roc_auc") for m in ("all", "seen")]
+        lines.append(f"| {key} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    return lines + [""]

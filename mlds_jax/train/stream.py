@@ -24,6 +24,10 @@ what the pass is checked on):
   runs every step, so a short length saves no compute.
 - ``start_popcount``: a written byte has at most w set bits, w growing from start_popcount
   to 8 (uniform over the bytes allowed; at 8 uniform over all bytes).
+- ``start_bit_density``: each bit of a written byte is 1 with chance q, q growing
+  geometrically from start_bit_density to 1/2 (uniform bytes). Sparse bytes make SimpleXOR's
+  toggles and Parity's flips rare, so that a pin first behaves as a latch (set by a 1).
+  Overrides ``start_popcount``.
 - ``start_idle_noise``: an idle step's data lines carry noise with this chance, else 0.
 - ``curriculum_mix``: this share of the sequences is drawn at level 1 whatever the epoch.
 """
@@ -44,7 +48,7 @@ from mlds_jax.tasks.triggers import INVERTED_STEPS, MIN_TRIGGER_SEQUENCE, TRIGGE
 # Folded into the dataset's root key before (task, epoch): the stream never shares draws
 # with a net's own keys (fold_in(key(seed), n)). "STRM" in ASCII; never change it.
 STREAM_TAG = 0x5354524D
-_STROBE, _DATA, _IDLE, _LEVEL, _TRIGGER, _AUTOMATON, _WRITE_P = range(7)
+_STROBE, _DATA, _IDLE, _LEVEL, _TRIGGER, _AUTOMATON, _WRITE_P, _DENSITY = range(8)
 
 # Bytes in order of their number of set bits (stable within a count), and how many bytes
 # have at most w bits set: bytes with popcount <= w are BY_POPCOUNT[:AT_MOST[w]].
@@ -66,6 +70,7 @@ class Curriculum(NamedTuple):
     curriculum_pass: jax.Array
     start_length: jax.Array
     start_popcount: jax.Array
+    start_bit_density: jax.Array
     start_idle_noise: jax.Array
     curriculum_mix: jax.Array
 
@@ -191,7 +196,7 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
     targets follow the machine with the trigger, wherever one completes."""
     keys = {name: jax.random.fold_in(key, tag) for name, tag in [
         ("strobe", _STROBE), ("data", _DATA), ("idle", _IDLE), ("level", _LEVEL),
-        ("trigger", _TRIGGER), ("write_p", _WRITE_P)]}
+        ("trigger", _TRIGGER), ("write_p", _WRITE_P), ("density", _DENSITY)]}
     level = curriculum.levels(keys["level"], level, n)  # (n,)
     p = write_probability + write_probability_spread * jax.random.uniform(
         keys["write_p"], (n, 1), minval=-1.0, maxval=1.0)
@@ -206,8 +211,13 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
         jnp.floor(jax.random.uniform(k_easy, (n, length)) * allowed).astype(jnp.int32), 255)]
     noisy = jax.random.uniform(keys["idle"], (n, length)) < (
         curriculum.start_idle_noise + level * (1 - curriculum.start_idle_noise))[:, None]
-    data = jnp.where(strobe, jnp.where(w[:, None] >= 8, noise, easy),
-                     jnp.where(noisy, noise, 0))
+    written = jnp.where(w[:, None] >= 8, noise, easy)
+    start_q = jnp.maximum(curriculum.start_bit_density, 1e-6)
+    q = start_q * (0.5 / start_q) ** level  # (n,)
+    sparse = jnp.sum((jax.random.uniform(keys["density"], (n, length, 8)) < q[:, None, None])
+                     << jnp.arange(8)[None, None, :], axis=-1)
+    written = jnp.where(curriculum.start_bit_density > 0, sparse, written)
+    data = jnp.where(strobe, written, jnp.where(noisy, noise, 0))
     graded = curriculum.graded_length(level, length)  # (n,)
     out = None
     if trigger is not None:
