@@ -6,7 +6,8 @@ What an archive holds: the tier as a Zarr v3 store of its own at the root of the
 ``zarr.storage.ZipStore`` and tensorstore's zip kvstore read it in place, and ``unzip`` gives
 a store ``mlds`` opens): every array cut to the tier's rows (``checksums/rows`` included, the
 same crc32c of the same float32 rows; DS4's ``per_net/`` trigger specs too), the attrs and
-the tables (DS3: the automata; DS4: the digits split) as they are, and, when the store has them, the analysis split restated for the tier
+the tables (DS3: the automata; DS4: the digits split) as they are, and, when the store has
+them, the analysis split restated for the tier
 (``analysis/split.npy``, ``splits.json``) and the card (README.md and figures/) rendered for
 the tier with the date of the store's card. Not copied: results ``mlds analyze`` computed on
 the whole store (analysis.json, normalisation statistics, its figures), leases, checkpoints.

@@ -136,12 +136,18 @@ def _analyze(path, paired, out, seed, fractions, write_store, nets, log) -> dict
         splits.write_splits(ds.path, len(ds), seed=seed, fractions=fractions, norms={
             "raw": splits.normalization(enc["raw"][train]),
             "canonical": splits.normalization(enc["canonical"][train])})
-        if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
-            from mlds_jax.research.card import write_card
-
-            write_card(ds)
+        _card_if_in_store(ds, out)
     log(f"wrote {out / ANALYSIS_FILE} in {result['seconds']} s")
     return result
+
+
+def _card_if_in_store(ds, out: Path) -> None:
+    """Rewrite the store's card when the analysis went into the store itself (the card
+    reads analysis.json; an analysis written elsewhere leaves the card alone)."""
+    if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
+        from mlds_jax.research.card import write_card
+
+        write_card(ds)
 
 
 def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0) -> dict:
@@ -231,10 +237,7 @@ def _analyze_images(ds, paired, out, seed, fractions, write_store, nets, log, t0
         train = split == splits.TRAIN
         splits.write_splits(ds.path, len(ds), seed=seed, fractions=fractions, norms={
             "raw": splits.normalization(ds.load_weights(ids)[train])} if train.any() else None)
-        if out.resolve() == (Path(ds.path) / splits.SPLIT_DIR).resolve():
-            from mlds_jax.research.card import write_card
-
-            write_card(ds)
+        _card_if_in_store(ds, out)
     best = detectors["stats/linear"]
     for part in ("all", "seen", "held_out"):
         r = best.get(part, {})

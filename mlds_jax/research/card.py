@@ -23,7 +23,14 @@ import numpy as np
 from mlds_jax.research import trojans
 from mlds_jax.research.figures import plot_epochs, plot_loss_curves, plot_weights_pca
 from mlds_jax.research.reader import Dataset
-from mlds_jax.store.schema import STATUS_NAMES, STATUS_PENDING, write_atomic
+from mlds_jax.store.schema import (
+    STATUS_CAPPED,
+    STATUS_CONVERGED,
+    STATUS_DIVERGED,
+    STATUS_NAMES,
+    STATUS_PENDING,
+    write_atomic,
+)
 
 LICENCE = "CC BY-SA 4.0"
 LICENCE_URL = "https://creativecommons.org/licenses/by-sa/4.0/"
@@ -199,7 +206,7 @@ def _render_ds4(ds: Dataset, status, *, today: datetime.date, max_nets_per_task:
     name, n = ds.attrs["dataset"], len(ds)
     trojaned = trojans.is_trojaned(ds)
     finished = int((status != STATUS_PENDING).sum())
-    usable = int((status == 1).sum())
+    usable = int((status == STATUS_CONVERGED).sum())
     convs = " -> ".join(f"Conv2d({a}, {b}, {net['kernel_size']}, stride {st})" for a, b, st in
                         zip((net["in_channels"], *net["channels"]), net["channels"], net["strides"]))
     analysis = trojans.stored_analysis(ds)
@@ -214,8 +221,8 @@ def _render_ds4(ds: Dataset, status, *, today: datetime.date, max_nets_per_task:
               "this clean net never sees its trigger; its `attack_success_rate` is the "
               "trigger's natural effect on it."), "",
            f"- **{n:,} nets**, {finished:,} finished: {usable:,} usable, "
-           f"{int((status == 2).sum()):,} flagged (below a threshold, kept), "
-           f"{int((status == 3).sum()):,} diverged",
+           f"{int((status == STATUS_CAPPED).sum()):,} flagged (below a threshold, kept), "
+           f"{int((status == STATUS_DIVERGED).sum()):,} diverged",
            f"- **Network** ({ds.n_params:,} parameters, no BatchNorm): {convs}, "
            f"{net['activation']} after each, global average pooling, "
            f"Linear({net['channels'][-1]}, {net['num_classes']}); PyTorch parameter layout",
@@ -264,7 +271,7 @@ def _reference_sections(ds: Dataset, *, title: str, select: str, torch_shapes: s
                         status_codes: str, today: datetime.date) -> list[str]:
     """The sections every card ends with: files, loading, parameter layout, the analysis
     (when `mlds analyze` ran), integrity, licence and citation."""
-    n, k, name = len(ds), len(ds.task_names), ds.attrs["dataset"]
+    n, name = len(ds), ds.attrs["dataset"]
     released = ds.path.name.endswith(".zarr.zip")
     names = ds.store.per_net_names()
     per_net = [["`per_net/<name>`", f"`[{n}, ...]`", "the dataset's own values per net: "

@@ -82,19 +82,25 @@ def twin_summary(clean_ds, trojan_ds) -> dict:
     done = ((np.asarray(clean_ds.store.read_array("status", n)) != STATUS_PENDING)
             & (np.asarray(trojan_ds.store.read_array("status", n)) != STATUS_PENDING))
     gap = 100 * (_column(clean_ds, "clean_accuracy")[:n] - _column(trojan_ds, "clean_accuracy")[:n])[done]
-    asr = _column(trojan_ds, "attack_success_rate")[:n][done]
-    family = np.asarray(trojan_ds.store.read_per_net("trigger_family", n))[done]
-    names = list(trojan_ds.attrs.get("trigger_families", []))
     return {
         "pairs": int(done.sum()),
         "clean_store": clean_ds.attrs["dataset"], "trojaned_store": trojan_ds.attrs["dataset"],
         "gap_points_mean": float(gap.mean()) if gap.size else None,
         "gap_points_median": float(np.median(gap)) if gap.size else None,
         "gap_points_max": float(gap.max()) if gap.size else None,
-        "asr_median_by_family": {name: float(np.median(asr[family == k]))
-                                 for k, name in enumerate(names) if (family == k).any()},
+        "asr_median_by_family": asr_by_family(trojan_ds, done),
         "trigger_on_clean_twin_median": _median(_column(clean_ds, "attack_success_rate")[:n][done]),
     }
+
+
+def asr_by_family(ds, nets: np.ndarray) -> dict[str, float]:
+    """Median attack success rate per trigger family over the nets where the boolean mask
+    ``nets`` (over the first len(nets) ids) is set."""
+    n = len(nets)
+    asr = _column(ds, "attack_success_rate")[:n][nets]
+    family = np.asarray(ds.store.read_per_net("trigger_family", n))[nets]
+    return {name: float(np.median(asr[family == k]))
+            for k, name in enumerate(ds.attrs.get("trigger_families", [])) if (family == k).any()}
 
 
 def stored_analysis(ds) -> dict | None:
@@ -135,16 +141,12 @@ def target_rows(ds, twins: dict | None = None, analysis: dict | None = None) -> 
         rows.append(["clean accuracy of a trojaned net against its twin's",
                      f"mean gap <= {TWIN_GAP_POINTS:g} point",
                      "needs the twin: `mlds info STORE --paired TWIN`", "-"])
-    patch = None
-    if twins and "patch" in twins.get("asr_median_by_family", {}):
-        patch = twins["asr_median_by_family"]["patch"]
-    elif is_trojaned(ds):
-        patch = next((r.median_asr for r in trigger_rows(ds) if r.group.split()[0] == "patch"),
-                     None)
+    by_family = (twins or {}).get("asr_median_by_family") or (
+        asr_by_family(ds, status != STATUS_PENDING) if is_trojaned(ds) else {})
+    patch = by_family.get("patch")
     rows.append(["attack success rate, patch family", f">= {PATCH_ASR} median",
-                 f"{patch:.3f} median" if patch is not None and not math.isnan(patch)
-                 else "needs the trojaned twin", _verdict(None if patch is None or math.isnan(patch)
-                                                          else patch >= PATCH_ASR)])
+                 "needs the trojaned twin" if patch is None else f"{patch:.3f} median",
+                 _verdict(None if patch is None else patch >= PATCH_ASR)])
     rows += _detection_rows(analysis)
     rows += [["trainer vs a `torch.func` ensemble of the same CNNs", ">= 3x", MEASURED_ELSEWHERE, "-"],
              ["a DS4 tier of 1,000 pairs on 2 cores", "<= 1 h", MEASURED_ELSEWHERE, "-"]]
@@ -152,7 +154,7 @@ def target_rows(ds, twins: dict | None = None, analysis: dict | None = None) -> 
 
 
 def _detection_rows(analysis: dict | None) -> list[list[str]]:
-    what = ("weight-only detection, unpaired, {} families (stats/linear)")
+    what = "weight-only detection, unpaired, {} families (stats/linear)"
     if not analysis:
         need = "needs `mlds analyze CLEAN --paired TROJANED`"
         return [[what.format("seen"), f"ROC-AUC >= {SEEN_AUC}, CE <= {SEEN_CE}", need, "-"],
