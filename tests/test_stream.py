@@ -14,7 +14,8 @@ from mlds_jax.train import stream
 
 TRIGGER = (0xA5, 0x3C, 0x0F)
 OFF = dict(curriculum_epochs=0.0, curriculum_pass=0.0, start_length=0.0, start_popcount=0.0,
-           start_bit_density=0.0, start_idle_noise=1.0, curriculum_mix=0.0)
+           start_bit_density=0.0, start_data_bits=0.0, start_idle_noise=1.0,
+           curriculum_mix=0.0)
 
 
 def curriculum(**values):
@@ -104,6 +105,25 @@ def test_bit_density_curriculum_writes_sparse_bytes_first(machine):
         np.testing.assert_array_equal(ys, run_machine(MACHINES[machine], xs.astype(np.uint8)))
     with pytest.raises(Exception, match="start_bit_density must be in"):
         load_config("ds1", ['recipe.train_data="stream"', "recipe.start_bit_density=0.7"])
+
+
+@pytest.mark.parametrize("machine", [3, 4])
+def test_data_bits_curriculum_varies_one_more_low_bit_per_level(machine):
+    """start_data_bits 1 over 7 levels: at epoch e the written bytes use bits 0..e exactly
+    (every one of them set somewhere, none above), idle steps keep their noise on all 8
+    lines, the targets stay the NumPy machine's."""
+    for at in range(8):
+        xs, ys = epoch(machine, n=256, epoch=at, curriculum_epochs=7, start_data_bits=1)
+        write = xs[..., 0] == 1
+        used = xs[..., 1:][write].max(axis=0)
+        np.testing.assert_array_equal(used, np.arange(8) <= at)
+        assert abs(xs[..., 1:][write][:, : at + 1].mean() - 0.5) < 0.02
+        assert abs(xs[..., 1:][~write].mean() - 0.5) < 0.02
+        np.testing.assert_array_equal(ys, run_machine(MACHINES[machine], xs.astype(np.uint8)))
+    with pytest.raises(Exception, match="start_data_bits must be 0"):
+        load_config("ds1", ['recipe.train_data="stream"', "recipe.start_data_bits=0.5"])
+    with pytest.raises(Exception, match="needs recipe.train_data"):
+        load_config("ds1", ['recipe.train_data="fixed"', "recipe.start_data_bits=1"])
 
 
 def test_length_curriculum_grades_a_prefix():

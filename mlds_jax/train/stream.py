@@ -28,6 +28,9 @@ what the pass is checked on):
   geometrically from start_bit_density to 1/2 (uniform bytes). Sparse bytes make SimpleXOR's
   toggles and Parity's flips rare, so that a pin first behaves as a latch (set by a 1).
   Overrides ``start_popcount``.
+- ``start_data_bits``: only the lowest k bits of a written byte vary (the rest are 0), k
+  growing from start_data_bits to 8 in whole bits: Parity begins as the toggle of bit 0
+  and each level adds one bit to the parity (a staircase). Applied after the above.
 - ``start_idle_noise``: an idle step's data lines carry noise with this chance, else 0.
 - ``curriculum_mix``: this share of the sequences is drawn at level 1 whatever the epoch.
 """
@@ -71,6 +74,7 @@ class Curriculum(NamedTuple):
     start_length: jax.Array
     start_popcount: jax.Array
     start_bit_density: jax.Array
+    start_data_bits: jax.Array
     start_idle_noise: jax.Array
     curriculum_mix: jax.Array
 
@@ -217,6 +221,10 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
     sparse = jnp.sum((jax.random.uniform(keys["density"], (n, length, 8)) < q[:, None, None])
                      << jnp.arange(8)[None, None, :], axis=-1)
     written = jnp.where(curriculum.start_bit_density > 0, sparse, written)
+    # 1e-4: a level of j / curriculum_epochs in float32 must not floor to one bit fewer.
+    k = jnp.floor(curriculum.start_data_bits + level * (8 - curriculum.start_data_bits) + 1e-4)
+    k = jnp.where(curriculum.start_data_bits > 0, jnp.minimum(k, 8), 8).astype(jnp.int32)
+    written = written & ((1 << k) - 1)[:, None]
     data = jnp.where(strobe, written, jnp.where(noisy, noise, 0))
     graded = curriculum.graded_length(level, length)  # (n,)
     out = None
