@@ -46,14 +46,23 @@ def machine_trace(name: str, strobe: np.ndarray, data: np.ndarray) -> np.ndarray
     return pins
 
 
-def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
+def fresh_commands(sequences: int, length: int, write_probability: float, seed: int):
+    """Random commands from `seed`: strobe (S, T), data bits (S, T, 8) as uint8, and the
+    nets' float32 torch input (S, T, 9)."""
     import torch
 
     rng = np.random.default_rng(seed)
-    wp = ds.config["recipe"]["write_probability"]
-    strobe = (rng.random((sequences, length)) < wp).astype(np.uint8)
+    strobe = (rng.random((sequences, length)) < write_probability).astype(np.uint8)
     data = rng.integers(0, 2, (sequences, length, 8), dtype=np.uint8)
     xs = torch.tensor(np.concatenate([strobe[..., None], data], axis=2), dtype=torch.float32)
+    return strobe, data, xs
+
+
+def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
+    import torch
+
+    strobe, data, xs = fresh_commands(sequences, length, ds.config["recipe"]["write_probability"],
+                                      seed)
     targets = {name: machine_trace(name, strobe, data) for name in ds.task_names}
     worst = ds.accuracy_names.index("val_worst_pin_accuracy")
     rows = []

@@ -22,7 +22,7 @@ import argparse
 
 import numpy as np
 
-from fresh_traces import machine_trace
+from fresh_traces import fresh_commands, machine_trace
 
 
 def layer_states(net, xs) -> list[tuple[str, np.ndarray]]:
@@ -78,10 +78,8 @@ def main() -> None:
     if args.machine not in ds.task_names:
         raise SystemExit(f"{args.store} has no {args.machine} (its machines: "
                          f"{', '.join(ds.task_names)})")
-    rng = np.random.default_rng(args.seed)
-    strobe = (rng.random((args.sequences, args.length)) < 0.5).astype(np.uint8)
-    data = rng.integers(0, 2, (args.sequences, args.length, 8), dtype=np.uint8)
-    xs = torch.tensor(np.concatenate([strobe[..., None], data], 2), dtype=torch.float32)
+    strobe, data, xs = fresh_commands(args.sequences, args.length,
+                                      ds.config["recipe"]["write_probability"], args.seed)
     target = machine_trace(args.machine, strobe, data)
     pins = list(range(8)) if args.machine in ("EightBitMachine", "SimpleXORMachine") else [0]
     if args.machine == "ParityMachine":
