@@ -199,3 +199,63 @@ def test_replay_check_reproduces_the_stored_validation(store):
                            "all", "--sequences", "16"], capture_output=True, text=True, check=True)
     assert f"{len(ds)} nets (all), 16 fresh sequences of {4 * r.train_length} steps" in proc.stdout
     assert proc.stdout.count("\n| ") == len(ds) + 1  # the header and one row per net
+
+
+def test_haar_orthogonal_is_numpy_qr_with_positive_diagonal():
+    """The QR-free orthogonal init equals NumPy's QR of the same normal draw, R's diagonal
+    made positive (the Haar-distributed Q of jax.nn.initializers.orthogonal)."""
+    import jax
+
+    from mlds_jax.train.step import haar_orthogonal
+
+    for seed, n in [(0, 64), (3, 5), (9, 1)]:
+        key = jax.random.PRNGKey(seed)
+        q, r = np.linalg.qr(np.asarray(jax.random.normal(key, (n, n)), np.float64))
+        want = q * np.sign(np.diag(r))
+        np.testing.assert_allclose(np.asarray(haar_orthogonal(key, n)), want, atol=2e-5)
+
+
+def test_net_init_calls_no_lapack():
+    """The population's init program holds no LAPACK call: its batched QR (geqrf/orgqr)
+    deadlocked XLA's CPU thread pool now and then (a race: one DS3 run in two hung for ever
+    at 0% CPU), and a run cannot wait on luck."""
+    import jax
+    import jax.numpy as jnp
+
+    from mlds_jax.train import step
+
+    cfg = load_config("ds3", ["automata.count=3", "sweep=[{recurrent_gain = 0.5}]"])
+    hlo = jax.jit(jax.vmap(lambda n: step.init_net(cfg, n))).lower(jnp.arange(3)).as_text()
+    assert "custom_call" not in hlo and "lapack" not in hlo
+
+
+def test_ds3_with_orthogonal_recurrent_init_finishes():
+    """`recurrent_gain` > 0 on the DS3 net, run as users run it (subprocess, relative path):
+    such runs hung for ever at 0% CPU now and then (test_net_init_calls_no_lapack holds
+    the cause away deterministically). Every net trains, and each gate block of every
+    layer's stored initial weight_hh is orthogonal x the gain."""
+    import shutil
+
+    from mlds_jax.train import models
+
+    out = "out/test-ds3-orthogonal.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlds_jax.cli", "generate", "ds3", "--out", out,
+             "--per-task", "1", "--no-progress", *(f"--set={s}" for s in TINY),
+             "--set=recipe.max_epochs=2", "--set=sweep=[{recurrent_gain = 0.5}]"],
+            capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        ds = mlds_jax.open_dataset(out)
+        cfg = load_config("ds3", TINY)
+        assert len(ds) == 3 and (np.asarray(ds.status) > 0).all()
+        h = cfg.network.hidden_size
+        for flat in ds.load_weights(initial=True):
+            rnn = models.unflatten_params(flat, models.param_layout(cfg.network))["rnn"]
+            for layer in range(cfg.network.num_layers):
+                for g in range(4):  # LSTM gates i, f, g, o
+                    block = np.asarray(rnn[f"weight_hh_l{layer}"])[g * h: (g + 1) * h]
+                    np.testing.assert_allclose(block @ block.T, 0.25 * np.eye(h), atol=2e-6)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

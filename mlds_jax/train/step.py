@@ -122,6 +122,23 @@ def net_hyperparameters(cfg: DatasetConfig, net_id) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v, jnp.float32)[task, point] for k, v in table.items()}
 
 
+def haar_orthogonal(key, n: int) -> jax.Array:
+    """(n, n) orthogonal, Haar-distributed: the Q of a standard normal matrix's QR with R's
+    diagonal positive, the matrix `jax.nn.initializers.orthogonal()(key, (n, n))` returns.
+    Built by Gram-Schmidt applied twice per column (matmuls only), because LAPACK's batched
+    QR deadlocked XLA's CPU thread pool inside the vmapped population program (a DS3 run
+    with `recurrent_gain` > 0 hung at 0% CPU in its first device_get)."""
+    a = jax.random.normal(key, (n, n), jnp.float32)
+
+    def column(j, q):  # q: (n, n), columns 0..j-1 orthonormal, the rest zero
+        v = a[:, j]
+        for _ in range(2):  # "twice is enough" (Giraud et al. 2005)
+            v = v - q @ (q.T @ v)
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros((n, n), jnp.float32))
+
+
 def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], key) -> dict:
     """PyTorch's default init of one net (`params`, a pytree) changed as the recipe says:
     in every recurrent layer, `memory_gate_bias` added to the memory gate's part of bias_hh
@@ -144,8 +161,7 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
         b_hh = b_hh.at[mem].set(jnp.where(use_chrono, chrono, b_hh[mem])
                                 + hyper["memory_gate_bias"])
         b_ih = b_ih.at[mem].set(jnp.where(use_chrono, 0.0, b_ih[mem]))
-        orth = jax.vmap(lambda k: jax.nn.initializers.orthogonal()(k, (h, h), jnp.float32))(
-            jax.random.split(k_orth, gates))  # (gates, H, H)
+        orth = jax.vmap(lambda k: haar_orthogonal(k, h))(jax.random.split(k_orth, gates))
         rnn[f"weight_hh_l{layer}"] = jnp.where(hyper["recurrent_gain"] > 0,
                                                hyper["recurrent_gain"] * orth.reshape(-1, h),
                                                rnn[f"weight_hh_l{layer}"])
