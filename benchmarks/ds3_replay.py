@@ -9,6 +9,7 @@ accuracy, and the share of sequences entirely right.
 
     python benchmarks/ds3_replay.py out/ds3.zarr                    # converged nets, 4x length
     python benchmarks/ds3_replay.py out/ds3.zarr --nets all --sequences 256 --length 128
+    python benchmarks/ds3_replay.py out/ds3.zarr --nets all --by-step   # how far back nets track
 
 The sequences are 4x the training length unless `--length` says otherwise; the tally per
 automaton-size bin at the end gives the share of nets at or above `--threshold`.
@@ -85,6 +86,7 @@ def replay_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]
         rows.append(dict(net=int(n), automaton=a, states=int(n_states[a]),
                          accuracy=float(right.mean()),
                          sequences_right=float(right.all(axis=1).mean()),
+                         by_step=right.mean(axis=0),
                          stored=float(ds.val_accuracy[int(n), 0])))
     return rows
 
@@ -98,6 +100,10 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.99,
                     help="symbol accuracy a net must keep on the fresh sequences")
     ap.add_argument("--seed", type=int, default=54321)
+    ap.add_argument("--by-step", action="store_true",
+                    help="also print the symbol accuracy at each step of the sequences "
+                         "(median over the nets, per automaton-size bin): step 1's output "
+                         "needs only the input, step t's the state after t-1 inputs")
     args = ap.parse_args()
 
     import mlds_jax
@@ -118,6 +124,25 @@ def main() -> None:
         ok = sum(r["accuracy"] >= args.threshold for r in rows)
         print(f"{ok}/{len(rows)} nets at or above {args.threshold} symbol accuracy "
               f"(lowest {min(r['accuracy'] for r in rows):.4f})")
+    if rows and args.by_step:
+        print_by_step(rows, args.length)
+
+
+def print_by_step(rows: list[dict], length: int) -> None:
+    """Median symbol accuracy at steps 1, 2, 3, 4, 6, 8, 12, 16, ... per automaton-size bin."""
+    from mlds_jax.research.reader import STATE_BINS
+
+    steps = sorted({t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, length)
+                    if t <= length})
+    print("\nmedian symbol accuracy at step t (t = 1: the output needs only the input)")
+    print("| states | nets | " + " | ".join(f"t={t}" for t in steps) + " |")
+    print("|---|---|" + "---|" * len(steps))
+    for lo, hi in STATE_BINS:
+        acc = [r["by_step"] for r in rows if lo <= r["states"] <= hi]
+        if acc:
+            med = np.median(np.stack(acc), axis=0)
+            print(f"| {lo}-{hi} | {len(acc)} | "
+                  + " | ".join(f"{med[t - 1]:.3f}" for t in steps) + " |")
 
 
 if __name__ == "__main__":

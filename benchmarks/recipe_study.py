@@ -68,15 +68,11 @@ def arm_rows(label: str, store_path: Path) -> list[dict]:
     return rows
 
 
-# DS3: automata grouped by their number of states (SPEC: 16 to 48).
-STATE_BINS = ((16, 23), (24, 31), (32, 39), (40, 48))
-
-
 def size_rows(label: str, store_path: Path) -> list[dict]:
     """DS3: one row per (sweep point, automaton-size bin) of a finished arm store (only the
     nets that finished count; the `nets` column says how many)."""
     from mlds_jax.config.load import from_dict
-    from mlds_jax.research.reader import open_dataset
+    from mlds_jax.research.reader import STATE_BINS, open_dataset
 
     ds = open_dataset(store_path)
     cfg = from_dict(ds.config)

@@ -259,3 +259,36 @@ def test_ds3_with_orthogonal_recurrent_init_finishes():
                     np.testing.assert_allclose(block @ block.T, 0.25 * np.eye(h), atol=2e-6)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_replay_by_step_is_the_accuracy_at_each_step(store):
+    """`ds3_replay.py --by-step` prints, per automaton-size bin, the median over nets of the
+    symbol accuracy at step t; recomputed here with the generator's automata
+    (run_automaton) and the test suite's own torch net on the same fresh symbols."""
+    from mlds_jax.research.reader import STATE_BINS
+
+    cfg, ds = store
+    length, sequences, seed = 8, 16, 7
+    proc = subprocess.run([sys.executable, "benchmarks/ds3_replay.py", str(ds.path), "--nets",
+                           "all", "--sequences", str(sequences), "--length", str(length),
+                           "--seed", str(seed), "--by-step"],
+                          capture_output=True, text=True, check=True)
+    table = proc.stdout.split("median symbol accuracy at step t")[1]
+    header, _, *lines = [ln for ln in table.splitlines() if ln.startswith("|")]
+    assert header.split("|")[3:-1] == [f" t={t} " for t in (1, 2, 3, 4, 6, 8)]
+    symbols = np.random.default_rng(seed).integers(0, 39, (sequences, length))
+    x = torch.nn.functional.one_hot(torch.tensor(symbols), 39).float()
+    by_net = {}
+    for n in range(len(ds)):
+        automaton = make_automaton(cfg.seed, int(ds.task[n]))
+        with torch.no_grad():
+            got = torch_net(cfg.network, np.asarray(ds.weights[n]))(x).argmax(-1).numpy()
+        by_net[n] = (automaton.n_states,
+                     (got == run_automaton(automaton, symbols)).mean(axis=0))
+    want_rows = []
+    for lo, hi in STATE_BINS:
+        acc = [a for s, a in by_net.values() if lo <= s <= hi]
+        if acc:
+            med = np.median(np.stack(acc), axis=0)[[0, 1, 2, 3, 5, 7]]
+            want_rows.append([f"{lo}-{hi}", str(len(acc)), *(f"{v:.3f}" for v in med)])
+    assert [[c.strip() for c in ln.split("|")[1:-1]] for ln in lines] == want_rows
