@@ -14,8 +14,8 @@ from mlds_jax.train import stream
 
 TRIGGER = (0xA5, 0x3C, 0x0F)
 OFF = dict(curriculum_epochs=0.0, curriculum_pass=0.0, start_length=0.0, start_popcount=0.0,
-           start_bit_density=0.0, start_data_bits=0.0, start_idle_noise=1.0,
-           curriculum_mix=0.0)
+           start_bit_density=0.0, start_data_bits=0.0, start_symbols=0.0,
+           start_idle_noise=1.0, curriculum_mix=0.0)
 
 
 def curriculum(**values):
@@ -168,3 +168,33 @@ def test_automaton_stream_is_the_numpy_automaton():
         symbols = np.asarray(xs).argmax(-1)
         assert np.asarray(xs).sum(-1).min() == 1
         np.testing.assert_array_equal(np.asarray(ys).argmax(-1), run_automaton(automaton, symbols))
+
+
+def test_alphabet_curriculum_draws_the_first_symbols_and_keeps_the_automaton():
+    """start_symbols 3 over 36 epochs (one symbol per epoch): at epoch e the inputs are
+    exactly symbols 0..2+e, each drawn; the targets stay the NumPy automaton's; level 1 draws
+    all 39; the curriculum_mix share is drawn from all 39 at every level."""
+    automaton = make_automaton(0, 1)
+    tables = stream.automaton_tasks(stack_automata([automaton]))
+
+    def draw(at, **values):
+        cur = curriculum(curriculum_epochs=36, start_symbols=3, **values)
+        xs, ys = stream.automaton_epoch(stream.epoch_key(0, 0, at), tables.transitions[0],
+                                        tables.outputs[0], tables.start[0], 512, 16, cur,
+                                        cur.scheduled(at))
+        symbols = np.asarray(xs).argmax(-1)
+        np.testing.assert_array_equal(np.asarray(ys).argmax(-1),
+                                      run_automaton(automaton, symbols))
+        return symbols
+
+    for at in (0, 1, 17, 36):
+        assert set(np.unique(draw(at))) == set(range(min(3 + at, 39)))
+    mixed = draw(0, curriculum_mix=0.5)
+    assert set(np.unique(mixed[:256])) == set(range(39))
+    assert set(np.unique(mixed[256:])) == {0, 1, 2}
+    with pytest.raises(Exception, match="start_symbols must be 0"):
+        load_config("ds3", ["recipe.start_symbols=40"])
+    with pytest.raises(Exception, match="needs recipe.train_data"):
+        load_config("ds3", ['recipe.train_data="fixed"', "recipe.start_symbols=2"])
+    with pytest.raises(Exception, match="needs \\[automata\\]"):
+        load_config("ds1", ['recipe.train_data="stream"', "sweep=[{start_symbols = 2.0}]"])

@@ -96,6 +96,9 @@ class DatasetConfig:
                 if any(getattr(r, key) != getattr(self.recipe, key) for r in recipes):
                     raise ConfigError(f"recipe.{key} can differ per net or task only with "
                                       f"recipe.train_data = \"stream\"")
+        if self.automata is None and any(r.start_symbols for r in recipes):
+            raise ConfigError("recipe.start_symbols is the DS3 alphabet curriculum: it needs "
+                              "[automata] (a machine's inputs are bits, not symbols)")
         if self.trigger is not None:
             for name in ("train_length", "val_length"):
                 if getattr(self.recipe, name) < MIN_TRIGGER_SEQUENCE:

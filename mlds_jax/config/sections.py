@@ -71,6 +71,9 @@ class Recipe:
     # > 0: only the lowest k bits of a written byte vary (the others 0), k growing from this
     # to 8: Parity starts as SimpleXOR's bit-0 toggle and gains one bit per level.
     start_data_bits: float = 0.0
+    # DS3: > 0: input symbols are drawn from the first k of the 39 only, k growing from this
+    # to 39 in whole symbols: the net learns the transitions of a few inputs first.
+    start_symbols: float = 0.0
     start_idle_noise: float = 1.0  # chance that an idle step's data lines carry noise
     curriculum_mix: float = 0.0  # share of every epoch's sequences drawn from the full task
     # DS2: share of training sequences that carry the trigger, and (stream only) of those
@@ -117,6 +120,9 @@ class Recipe:
         if not (self.start_data_bits == 0 or 1 <= self.start_data_bits <= 8):
             raise ConfigError(f"recipe.start_data_bits must be 0 (off) or in [1, 8], got "
                               f"{self.start_data_bits}")
+        if not (self.start_symbols == 0 or 1 <= self.start_symbols <= 39):
+            raise ConfigError(f"recipe.start_symbols must be 0 (off) or in [1, 39], got "
+                              f"{self.start_symbols}")
         if self.curriculum_mix > MAX_MIX:
             raise ConfigError(f"recipe.curriculum_mix must be at most {MAX_MIX} (the last "
                               f"quarter of every epoch's sequences is at the net's level)")
@@ -158,7 +164,7 @@ TRAIN_DATA = ("fixed", "stream")
 MAX_MIX = 0.75  # the curriculum's full-task share leaves the last quarter at the net's level
 # Curriculum and stream-only values at which they do nothing (what "fixed" data requires).
 CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_pass": 0.0, "start_length": 0.0, "start_popcount": 0.0,
-                  "start_bit_density": 0.0, "start_data_bits": 0.0, "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
+                  "start_bit_density": 0.0, "start_data_bits": 0.0, "start_symbols": 0.0, "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
 
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
 # net, a [recipe.task.NAME] table per task, and the store records every net's values
@@ -168,7 +174,7 @@ SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor",
              "weight_decay", "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain",
              "head_gain", "max_epochs", "curriculum_epochs", "curriculum_pass",
              "start_length", "start_popcount", "start_bit_density", "start_data_bits",
-             "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction")
+             "start_symbols", "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction")
 # Per-net values that change the training data: with a fixed training set, one per dataset.
 DATA_VALUES = ("trigger_fraction",) + tuple(CURRICULUM_OFF)
 

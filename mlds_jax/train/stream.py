@@ -31,6 +31,9 @@ what the pass is checked on):
 - ``start_data_bits``: only the lowest k bits of a written byte vary (the rest are 0), k
   growing from start_data_bits to 8 in whole bits: Parity begins as the toggle of bit 0
   and each level adds one bit to the parity (a staircase). Applied after the above.
+- ``start_symbols`` (DS3): input symbols are uniform over the first k of the 39 only, k
+  growing from start_symbols to 39 in whole symbols: the net meets the transitions of a
+  few inputs first (fewer table entries to learn), then of more.
 - ``start_idle_noise``: an idle step's data lines carry noise with this chance, else 0.
 - ``curriculum_mix``: this share of the sequences is drawn at level 1 whatever the epoch.
 """
@@ -51,7 +54,7 @@ from mlds_jax.tasks.triggers import INVERTED_STEPS, MIN_TRIGGER_SEQUENCE, TRIGGE
 # Folded into the dataset's root key before (task, epoch): the stream never shares draws
 # with a net's own keys (fold_in(key(seed), n)). "STRM" in ASCII; never change it.
 STREAM_TAG = 0x5354524D
-_STROBE, _DATA, _IDLE, _LEVEL, _TRIGGER, _AUTOMATON, _WRITE_P, _DENSITY = range(8)
+_STROBE, _DATA, _IDLE, _LEVEL, _TRIGGER, _AUTOMATON, _WRITE_P, _DENSITY, _SYMBOLS = range(9)
 
 # Bytes in order of their number of set bits (stable within a count), and how many bytes
 # have at most w bits set: bytes with popcount <= w are BY_POPCOUNT[:AT_MOST[w]].
@@ -75,6 +78,7 @@ class Curriculum(NamedTuple):
     start_popcount: jax.Array
     start_bit_density: jax.Array
     start_data_bits: jax.Array
+    start_symbols: jax.Array
     start_idle_noise: jax.Array
     curriculum_mix: jax.Array
 
@@ -254,12 +258,18 @@ def automaton_epoch(key, transitions, outputs, start, n: int, length: int,
     one-hot inputs (n, T, 39) and targets (n, T, 14) float32 (targets -1 on ungraded
     steps). transitions, outputs (S_max, 39) and start: the automaton's tables."""
     symbols = jax.random.randint(jax.random.fold_in(key, _AUTOMATON), (n, length), 0, N_INPUTS)
+    level = curriculum.levels(jax.random.fold_in(key, _LEVEL), level, n)
+    # 1e-4: a level of j / curriculum_epochs in float32 must not floor to one symbol fewer.
+    k = jnp.floor(curriculum.start_symbols + level * (N_INPUTS - curriculum.start_symbols)
+                  + 1e-4)
+    k = jnp.clip(k, 1, N_INPUTS).astype(jnp.int32)[:, None]  # (n, 1)
+    few = jax.random.randint(jax.random.fold_in(key, _SYMBOLS), (n, length), 0, k)
+    symbols = jnp.where(curriculum.start_symbols > 0, few, symbols)
 
     def step(state, x):
         return transitions[state, x], outputs[state, x]
 
     _, out = jax.lax.scan(step, jnp.full((n,), start, jnp.int32), symbols.T)
-    level = curriculum.levels(jax.random.fold_in(key, _LEVEL), level, n)
     graded = curriculum.graded_length(level, length)
     targets = jax.nn.one_hot(out.T, N_OUTPUTS, dtype=jnp.float32)
     targets = jnp.where((jnp.arange(length)[None, :] < graded[:, None])[..., None], targets, -1.0)
