@@ -64,7 +64,8 @@ def torch_lstm_net(network: dict, layout: list[dict], row: np.ndarray):
     return forward
 
 
-def replay_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
+def replay_scores(ds, ids, sequences: int, length: int, seed: int,
+                  symbols: int = N_INPUTS) -> list[dict]:
     import torch
 
     if ds.config["network"]["cell"] != "lstm":
@@ -73,7 +74,7 @@ def replay_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]
     transitions, outputs = tables["automaton_transitions"], tables["automaton_outputs"]
     starts, n_states = tables["automaton_start"], tables["automaton_n_states"]
     rng = np.random.default_rng(seed)
-    symbols = rng.integers(0, N_INPUTS, (sequences, length))
+    symbols = rng.integers(0, symbols, (sequences, length))
     xs = torch.nn.functional.one_hot(torch.tensor(symbols), N_INPUTS).float()
     rows = []
     for n in ids:
@@ -100,6 +101,9 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.99,
                     help="symbol accuracy a net must keep on the fresh sequences")
     ap.add_argument("--seed", type=int, default=54321)
+    ap.add_argument("--symbols", type=int, default=N_INPUTS,
+                    help="draw the inputs from the first K symbols only (what a net on the "
+                         "alphabet curriculum, recipe.start_symbols, has met so far)")
     ap.add_argument("--by-step", action="store_true",
                     help="also print the symbol accuracy at each step of the sequences "
                          "(median over the nets, per automaton-size bin): step 1's output "
@@ -110,10 +114,13 @@ def main() -> None:
 
     ds = mlds_jax.open_dataset(args.store)
     ids = ds.select(args.nets)
+    if not 1 <= args.symbols <= N_INPUTS:
+        raise SystemExit(f"--symbols must be in 1..{N_INPUTS}, got {args.symbols}")
     args.length = args.length or 4 * int(ds.config["recipe"]["train_length"])
-    rows = replay_scores(ds, ids, args.sequences, args.length, args.seed)
+    rows = replay_scores(ds, ids, args.sequences, args.length, args.seed, args.symbols)
+    alphabet = "" if args.symbols == N_INPUTS else f" over the first {args.symbols} symbols"
     print(f"{len(rows)} nets ({args.nets}), {args.sequences} fresh sequences of "
-          f"{args.length} steps")
+          f"{args.length} steps{alphabet}")
     print("| net | automaton | states | stored val symbol acc | fresh symbol acc "
           "| fresh sequences right |")
     print("|---|---|---|---|---|---|")
