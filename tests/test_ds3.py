@@ -261,22 +261,25 @@ def test_ds3_with_orthogonal_recurrent_init_finishes():
         shutil.rmtree(out, ignore_errors=True)
 
 
-def test_replay_by_step_is_the_accuracy_at_each_step(store):
-    """`ds3_replay.py --by-step` prints, per automaton-size bin, the median over nets of the
-    symbol accuracy at step t; recomputed here with the generator's automata
-    (run_automaton) and the test suite's own torch net on the same fresh symbols."""
+@pytest.mark.parametrize("alphabet", [39, 3])
+def test_replay_by_step_is_the_accuracy_at_each_step(store, alphabet):
+    """`ds3_replay.py --by-step [--symbols K]` prints, per automaton-size bin, the median
+    over nets of the symbol accuracy at step t on inputs from the first K symbols;
+    recomputed here with the generator's automata (run_automaton) and the test suite's own
+    torch net on the same fresh symbols."""
     from mlds_jax.research.reader import STATE_BINS
 
     cfg, ds = store
     length, sequences, seed = 8, 16, 7
     proc = subprocess.run([sys.executable, "benchmarks/ds3_replay.py", str(ds.path), "--nets",
                            "all", "--sequences", str(sequences), "--length", str(length),
-                           "--seed", str(seed), "--by-step"],
+                           "--seed", str(seed), "--by-step", "--symbols", str(alphabet)],
                           capture_output=True, text=True, check=True)
+    assert ("over the first 3 symbols" in proc.stdout) == (alphabet == 3)
     table = proc.stdout.split("median symbol accuracy at step t")[1]
     header, _, *lines = [ln for ln in table.splitlines() if ln.startswith("|")]
     assert header.split("|")[3:-1] == [f" t={t} " for t in (1, 2, 3, 4, 6, 8)]
-    symbols = np.random.default_rng(seed).integers(0, 39, (sequences, length))
+    symbols = np.random.default_rng(seed).integers(0, alphabet, (sequences, length))
     x = torch.nn.functional.one_hot(torch.tensor(symbols), 39).float()
     by_net = {}
     for n in range(len(ds)):
