@@ -74,6 +74,13 @@ class _StopSignals:
         self._installed = True
         try:
             yield
+        except Exception as e:
+            # Library code that called back into Python may wrap the stop in its own error
+            # (JAX's pytree comparison turns it into a ValueError whose cause it is).
+            stop = _interruption(e)
+            if stop is None:
+                raise
+            raise stop from None
         finally:
             self._installed = False
             self._held = None
@@ -97,6 +104,17 @@ class _StopSignals:
         finally:
             self._deferring -= 1
         self.check()
+
+
+def _interruption(error: BaseException) -> Interrupted | None:
+    """The `Interrupted` that `error` was raised from (its cause or context chain), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 stop_signals = _StopSignals()

@@ -79,6 +79,50 @@ def _stored(out) -> int:
         return 0
 
 
+def test_a_stop_that_jax_wraps_in_its_own_error_is_still_a_stop():
+    """A signal handled while JAX compares pytree metadata (it calls back into Python while
+    tracing) comes out as JAX's ValueError caused by our Interrupted; the run must still
+    stop in one line, not report a bug (seen once under load, mid-compile)."""
+    from jax import tree_util
+
+    from mlds_jax.signals import Interrupted, stop_signals
+
+    class Meta:
+        def __eq__(self, other):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next instruction
+            return True
+
+        def __hash__(self):
+            return 0
+
+    @tree_util.register_pytree_node_class
+    class Node:
+        def __init__(self, meta):
+            self.meta = meta
+
+        def tree_flatten(self):
+            return (), self.meta
+
+        @classmethod
+        def tree_unflatten(cls, meta, children):
+            return cls(meta)
+
+    def raise_stop(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGINT, raise_stop)
+    try:  # what JAX does to a stop raised inside it
+        with pytest.raises(ValueError, match="equality of metadata") as bare:
+            tree_util.tree_structure(Node(Meta())) == tree_util.tree_structure(Node(Meta()))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert isinstance(bare.value.__cause__, Interrupted)
+    with pytest.raises(Interrupted) as stop:
+        with stop_signals.installed():
+            tree_util.tree_structure(Node(Meta())) == tree_util.tree_structure(Node(Meta()))
+    assert stop.value.exit_code == 128 + signal.SIGINT
+
+
 @pytest.mark.parametrize("sig,when", [(signal.SIGINT, "compile"), (signal.SIGTERM, "2 nets")])
 def test_stop_signal_says_one_line_and_the_rerun_finishes(tmp_path, reference, sig, when):
     out = tmp_path / "stopped.zarr"
