@@ -65,7 +65,7 @@ def torch_lstm_net(network: dict, layout: list[dict], row: np.ndarray):
 
 
 def replay_scores(ds, ids, sequences: int, length: int, seed: int,
-                  symbols: int = N_INPUTS) -> list[dict]:
+                  alphabet: int = N_INPUTS) -> list[dict]:
     import torch
 
     if ds.config["network"]["cell"] != "lstm":
@@ -74,7 +74,7 @@ def replay_scores(ds, ids, sequences: int, length: int, seed: int,
     transitions, outputs = tables["automaton_transitions"], tables["automaton_outputs"]
     starts, n_states = tables["automaton_start"], tables["automaton_n_states"]
     rng = np.random.default_rng(seed)
-    symbols = rng.integers(0, symbols, (sequences, length))
+    symbols = rng.integers(0, alphabet, (sequences, length))  # the first `alphabet` symbols
     xs = torch.nn.functional.one_hot(torch.tensor(symbols), N_INPUTS).float()
     rows = []
     for n in ids:
@@ -110,12 +110,13 @@ def main() -> None:
                          "needs only the input, step t's the state after t-1 inputs")
     args = ap.parse_args()
 
+    if not 1 <= args.symbols <= N_INPUTS:
+        raise SystemExit(f"--symbols must be in 1..{N_INPUTS}, got {args.symbols}")
+
     import mlds_jax
 
     ds = mlds_jax.open_dataset(args.store)
     ids = ds.select(args.nets)
-    if not 1 <= args.symbols <= N_INPUTS:
-        raise SystemExit(f"--symbols must be in 1..{N_INPUTS}, got {args.symbols}")
     args.length = args.length or 4 * int(ds.config["recipe"]["train_length"])
     rows = replay_scores(ds, ids, args.sequences, args.length, args.seed, args.symbols)
     alphabet = "" if args.symbols == N_INPUTS else f" over the first {args.symbols} symbols"

@@ -69,6 +69,14 @@ def epoch_key(seed: int, task, epoch) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(root, task), epoch)
 
 
+def whole_count(start, full: int, level) -> jax.Array:
+    """(n,) int32 whole units (data bits, input symbols) at curriculum `level` (n,): from
+    `start` to `full` in whole steps; `full` throughout when `start` is 0 (off)."""
+    # 1e-4: a level of j / curriculum_epochs in float32 must not floor to one unit fewer.
+    k = jnp.floor(start + level * (full - start) + 1e-4)
+    return jnp.where(start > 0, jnp.clip(k, 1, full), full).astype(jnp.int32)
+
+
 class Curriculum(NamedTuple):
     """One net's curriculum values (float32 scalars, recipe names without `recipe.`)."""
 
@@ -225,9 +233,7 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
     sparse = jnp.sum((jax.random.uniform(keys["density"], (n, length, 8)) < q[:, None, None])
                      << jnp.arange(8)[None, None, :], axis=-1)
     written = jnp.where(curriculum.start_bit_density > 0, sparse, written)
-    # 1e-4: a level of j / curriculum_epochs in float32 must not floor to one bit fewer.
-    k = jnp.floor(curriculum.start_data_bits + level * (8 - curriculum.start_data_bits) + 1e-4)
-    k = jnp.where(curriculum.start_data_bits > 0, jnp.minimum(k, 8), 8).astype(jnp.int32)
+    k = whole_count(curriculum.start_data_bits, 8, level)  # (n,) of the 8 data lines
     written = written & ((1 << k) - 1)[:, None]
     data = jnp.where(strobe, written, jnp.where(noisy, noise, 0))
     graded = curriculum.graded_length(level, length)  # (n,)
@@ -259,10 +265,7 @@ def automaton_epoch(key, transitions, outputs, start, n: int, length: int,
     steps). transitions, outputs (S_max, 39) and start: the automaton's tables."""
     symbols = jax.random.randint(jax.random.fold_in(key, _AUTOMATON), (n, length), 0, N_INPUTS)
     level = curriculum.levels(jax.random.fold_in(key, _LEVEL), level, n)
-    # 1e-4: a level of j / curriculum_epochs in float32 must not floor to one symbol fewer.
-    k = jnp.floor(curriculum.start_symbols + level * (N_INPUTS - curriculum.start_symbols)
-                  + 1e-4)
-    k = jnp.clip(k, 1, N_INPUTS).astype(jnp.int32)[:, None]  # (n, 1)
+    k = whole_count(curriculum.start_symbols, N_INPUTS, level)[:, None]  # (n, 1) symbols
     few = jax.random.randint(jax.random.fold_in(key, _SYMBOLS), (n, length), 0, k)
     symbols = jnp.where(curriculum.start_symbols > 0, few, symbols)
 
