@@ -53,14 +53,15 @@ class _StopSignals:
     def check(self, now: bool = False) -> None:
         """Raise `Interrupted` if a stop signal came and no write is in progress (and, for a
         signal in `wait_for_checkpoint`, only when `now`). The run calls this between steps
-        too: Python may run a handler inside a callback that swallows its exception (a
-        garbage-collection hook), and the stop must not be lost."""
+        too: Python may run the handler inside a callback that swallows its exception (JAX's
+        garbage-collection hook does, mid-compile), so raising does not forget the signal;
+        only leaving `installed()` does. A stop that propagated is not raised twice: nothing
+        calls `check` while it unwinds."""
         if self._held is None or self._deferring:
             return
         if self._held in self.wait_for_checkpoint and not now:
             return
-        signum, self._held = self._held, None
-        raise Interrupted(signum)
+        raise Interrupted(self._held)
 
     @contextlib.contextmanager
     def installed(self):

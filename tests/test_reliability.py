@@ -586,3 +586,30 @@ def test_a_ray_run_stops_in_one_line_on_sigterm_and_when_its_raylet_dies(relativ
     assert f"done: {N} nets in {relative_out}" in again.stdout, again.stderr
     assert not again.stderr.strip(), again.stderr
     assert_same_as(out, reference)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
+def test_a_stop_swallowed_by_a_gc_callback_is_raised_at_the_next_check():
+    """Python may run the signal handler inside a garbage-collection callback, which prints
+    "Exception ignored" and drops the exception (seen in CI: JAX's `_xla_gc_callback` took a
+    SIGINT that landed mid-compile, and the run finished with exit 0). The stop must survive
+    to the run's next check between steps."""
+    import gc
+
+    from mlds_jax.signals import Interrupted, stop_signals
+
+    def signal_lands_here(phase, info):
+        if phase == "start":
+            stop_signals._handler(signal.SIGINT, None)  # as Python runs it: raises here
+
+    with pytest.raises(Interrupted) as stop:
+        with stop_signals.installed():
+            gc.callbacks.append(signal_lands_here)
+            try:
+                gc.collect()  # the handler's Interrupted is printed and dropped
+            finally:
+                gc.callbacks.remove(signal_lands_here)
+            stop_signals.check()  # the run's next step
+    assert stop.value.exit_code == 128 + signal.SIGINT
+    with stop_signals.installed():
+        stop_signals.check()  # a new run starts without the old stop
