@@ -15,7 +15,8 @@ Per arm, point and machine: nets, share converged (the criterion of the config: 
 pin's validation bit accuracy at the threshold), median and p90 epochs of the converged
 nets, sequence-steps per converged net (all sequence-steps the arm's nets of that machine
 trained, converged or not, over the number converged: what one learned net costs), and the
-median of the criterion (the worst pin; DS2: the lower of clean and triggered).
+median of the criterion (the worst pin; DS2: the lower of clean and triggered); where the
+recipe restarts nets, how many converged in their first start, second, ...
 Prints a markdown table; --json writes the rows. DS3 (automata): one row per arm, point and
 automaton size (states 16-23, 24-31, 32-39, 40-48), with the median validation symbol
 accuracy and share of sequences entirely right, and the mean epochs trained per net.
@@ -64,6 +65,9 @@ def arm_rows(label: str, store_path: Path) -> list[dict]:
                 seq_steps=spent,
                 worst_pin=float(m[list(cfg.criterion_names)].min(axis=1).median())
                 if len(m) else float("nan"),
+                # converged nets by the start they converged in (recipe.restart_epochs)
+                by_start=np.bincount(conv["restarts"].to_numpy().astype(int)).tolist()
+                if "restarts" in meta else None,
             ))
     return rows
 
@@ -123,14 +127,18 @@ def markdown(rows: list[dict]) -> str:
     def num(x, fmt):
         return "-" if not np.isfinite(x) else format(x, fmt)
 
+    starts = any(r.get("by_start") is not None for r in rows)
     out = ["| arm | machine | converged | median epochs | p90 epochs | M seq-steps per "
-           "converged net | median worst-pin acc |", "|---|---|---|---|---|---|---|"]
+           "converged net | median worst-pin acc |" + (" converged in start 1, 2, ... |"
+                                                       if starts else ""),
+           "|---|---|---|---|---|---|---|" + ("---|" if starts else "")]
     for r in rows:
         out.append(f"| {r['arm']} | {r['task'].removesuffix('Machine')} | "
                    f"{r['converged']}/{r['nets']} ({num(100 * r['share'], '.0f')}%) | "
                    f"{num(r['median_epochs'], '.0f')} | {num(r['p90_epochs'], '.0f')} | "
                    f"{num(r['seq_steps_per_converged'] / 1e6, '.2f')} | "
-                   f"{num(r['worst_pin'], '.4f')} |")
+                   f"{num(r['worst_pin'], '.4f')} |"
+                   + (f" {', '.join(map(str, r.get('by_start') or [0]))} |" if starts else ""))
     return "\n".join(out)
 
 

@@ -109,7 +109,7 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         chunk_rows=cfg.run.chunk_rows,
         overwrite=overwrite,
         tables=dataset_tables(cfg),
-        per_net=digits.TRIGGER_COLUMNS if cfg.images is not None else None,
+        per_net=per_net_declared(cfg),
     )
 
 
@@ -126,16 +126,35 @@ def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) 
         val_accuracy=done.val_accuracy,
         hyperparameters=done.hyperparameters,
         seq_steps=done.seq_steps,
-        per_net=per_net_columns(cfg, done.net_id),
+        per_net=per_net_columns(cfg, done.net_id, done.restarts),
     )
 
 
-def per_net_columns(cfg: DatasetConfig, net_ids) -> dict[str, np.ndarray] | None:
-    """The dataset's own per-net arrays of `net_ids` (DS4: each net's trigger spec)."""
-    if cfg.images is None:
-        return None
-    return digits.trigger_columns(cfg.seed, net_ids, cfg.images.poison,
-                                  vision.split_of(cfg.seed).train_labels)
+# Declared when a recipe lets nets restart (recipe.restart_epochs): how many each took.
+RESTART_COLUMNS = {"restarts": ("i4", ())}
+
+
+def per_net_declared(cfg: DatasetConfig) -> dict[str, tuple] | None:
+    """The dataset's own per-net arrays, name -> (dtype, row shape): DS4's trigger spec,
+    and the restart count where the recipe restarts nets."""
+    declared = dict(digits.TRIGGER_COLUMNS) if cfg.images is not None else {}
+    if any(r.restart_epochs > 0 for row in cfg.recipe_table for r in row):
+        declared.update(RESTART_COLUMNS)
+    return declared or None
+
+
+def per_net_columns(cfg: DatasetConfig, net_ids, restarts=None) -> dict[str, np.ndarray] | None:
+    """The dataset's own per-net arrays of `net_ids` (`per_net_declared`); `restarts` (R,)
+    as the trainer counted them (zeros if not given)."""
+    declared = per_net_declared(cfg) or {}
+    columns = {}
+    if cfg.images is not None:
+        columns.update(digits.trigger_columns(cfg.seed, net_ids, cfg.images.poison,
+                                              vision.split_of(cfg.seed).train_labels))
+    if "restarts" in declared:
+        columns["restarts"] = (np.zeros(len(net_ids), np.int32) if restarts is None
+                               else np.asarray(restarts, np.int32))
+    return columns or None
 
 
 @dataclasses.dataclass(frozen=True)

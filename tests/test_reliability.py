@@ -493,6 +493,49 @@ def test_a_relative_out_lives_through_checkpoints_a_sigterm_and_the_resume(relat
     assert_same_as(out, reference)
 
 
+def test_restarted_nets_resume_from_a_checkpoint_with_their_restart_count(relative_out,
+                                                                         tmp_path):
+    """recipe.restart_epochs = 4 on the smoke tier (cap 10): a net still running at epoch 4
+    starts again (not at 8: no window left before the cap). A checkpoint every step, SIGKILL
+    once some net in flight has passed its restart, then the same command: the store equals
+    an uninterrupted run with the same recipe, restart counts (per_net/restarts and the
+    metadata frame) included, and every count is what the rule gives its epochs."""
+    restart = ["--set", "recipe.restart_epochs=4"]
+    reference = tmp_path / "ref.zarr"
+    gen.generate(load_config("smoke", ["recipe.restart_epochs=4"]), reference, PER_TASK)
+    args = ["generate", "smoke", "--out", str(relative_out), "--per-task", str(PER_TASK),
+            "--slots", "3", "--no-progress", "--set", "run.checkpoint_minutes=0.0001", *restart]
+    out = REPO / relative_out
+    proc = subprocess.Popen([*CLI, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, past = time.time() + 300, False
+        while proc.poll() is None and time.time() < deadline and not past:
+            for path in out.glob("checkpoints/*/meta.json"):
+                try:
+                    past = max(json.loads(path.read_text())["epochs"]) >= 6
+                except (OSError, ValueError):
+                    pass
+            time.sleep(0.02)
+        assert proc.poll() is None, ("the run ended before it could be stopped",
+                                     proc.communicate())
+        proc.kill()
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    again = mlds(*args, cwd=REPO)
+    assert "resuming" in again.stderr and "from a checkpoint" in again.stderr, again.stderr
+    assert_same_as(out, reference)
+    got, ref = mlds_jax.open_dataset(out), mlds_jax.open_dataset(reference)
+    restarts = got.store.read_per_net("restarts")
+    np.testing.assert_array_equal(restarts, ref.store.read_per_net("restarts"))
+    epochs = np.asarray(got.epochs[:])
+    np.testing.assert_array_equal(restarts, (epochs > 4).astype(np.int32))
+    assert (restarts == 1).any()
+    np.testing.assert_array_equal(got.metadata()["restarts"].to_numpy(), restarts)
+
+
 def test_an_interrupted_checkpoints_leftovers_are_listed_then_removed(unpacked, reference):
     """orbax writes a state to `<name>.orbax-checkpoint-tmp*` and renames it when whole: a
     writer killed mid-save leaves that folder (and, in its first save, a folder with no

@@ -354,3 +354,40 @@ def test_level_accuracy_counts_graded_steps_only(data):
     got = step._level_accuracy(cfg, flat, xs, masked)
     right = (np.asarray(step._predict(cfg, flat, xs[:, :5])) > 0) == (np.asarray(ys[:, :5]) > 0.5)
     np.testing.assert_allclose(got, right.mean((0, 1)).min(), rtol=1e-6)
+
+
+def test_a_restarted_net_is_adam_from_its_stored_init_over_its_last_window(runs, data):
+    """recipe.restart_epochs = 2, cap 6: a net still running at epochs 2 and 4 starts again
+    there (not at 6: no window left), so net 2 (EightBit, capped in `runs`) ends as plain
+    Adam from its stored initial weights (its second restart's) over epochs 4 and 5, with a
+    fresh optimiser and the minibatch order of those epochs (torch.optim.Adam retraces it).
+    Its first window is the run without restarts; nets that converge first never restart;
+    and where the net sits (slots 1 or 6) changes nothing."""
+    cfg = dataclasses.replace(CFG, recipe=dataclasses.replace(RECIPE, restart_epochs=2.0))
+    base = runs[0][N_NETS]
+    res = collect(population.Population(cfg, data, N_NETS).run(range(N_NETS)), N_NETS)
+    alone = collect(population.Population(cfg, data, 1).run(range(N_NETS)), N_NETS)
+    np.testing.assert_allclose(alone["weights"], res["weights"], rtol=2e-5, atol=2e-6)
+    np.testing.assert_array_equal(alone["restarts"], res["restarts"])
+    early = base["epochs"] <= 2  # converged at the first check: the same net, no restart
+    assert early.any() and (~early).any()
+    np.testing.assert_array_equal(res["restarts"], np.where(early, 0, 2))
+    np.testing.assert_array_equal(res["weights"][early], base["weights"][early])
+    np.testing.assert_allclose(res["loss_curve"][:, :2], base["loss_curve"][:, :2], rtol=1e-6)
+    n, r = 2, RECIPE
+    assert res["restarts"][n] == 2 and res["epochs"][n] == 6
+    assert not np.allclose(res["initial_weights"][n], base["initial_weights"][n])
+    net = torch_net(CFG.network, res["initial_weights"][n])
+    opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
+    order_key = jax.random.fold_in(step.net_key(CFG.seed, n), step.ORDER_KEY)
+    t = n % CFG.num_tasks
+    xs, ys = torch.tensor(data.train_inputs[t]), torch.tensor(data.train_targets[t])
+    for epoch in (4, 5):
+        perm = np.array(jax.random.permutation(jax.random.fold_in(order_key, epoch),
+                                                 r.train_sequences))
+        for idx in perm.reshape(-1, r.batch_size):
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(net(xs[idx]), ys[idx]).backward()
+            opt.step()
+    flat = torch.cat([p.detach().flatten() for p in net.state_dict().values()]).numpy()
+    assert np.abs(flat - res["weights"][n]).max() <= 1e-4

@@ -80,6 +80,12 @@ class Recipe:
     # that carry a near miss: one trigger byte wrong, or an idle step inside it.
     trigger_fraction: float = 0.1
     near_miss_fraction: float = 0.0
+    # > 0: a net not converged this many epochs after its (re)start starts again from a new
+    # init drawn from (seed, n, restart k), optimiser and curriculum from their start, unless
+    # fewer than this many epochs are left before the cap (the last start trains to the cap).
+    # The epoch count runs on. The store keeps the last start's initial weights and how many
+    # restarts each net took (per_net/restarts).
+    restart_epochs: float = 0.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -134,7 +140,7 @@ class Recipe:
             raise ConfigError("recipe.trigger_fraction + recipe.near_miss_fraction must be <= 1")
         for name in ("warmup_epochs", "clip_norm", "weight_decay", "chrono_max", "recurrent_gain",
                      "input_gain", "head_gain", "decay_half_life", "curriculum_epochs",
-                     "curriculum_pass"):
+                     "curriculum_pass", "restart_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"recipe.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.decay_floor <= 1:
@@ -174,7 +180,8 @@ SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor",
              "weight_decay", "memory_gate_bias", "chrono_max", "recurrent_gain", "input_gain",
              "head_gain", "max_epochs", "curriculum_epochs", "curriculum_pass",
              "start_length", "start_popcount", "start_bit_density", "start_data_bits",
-             "start_symbols", "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction")
+             "start_symbols", "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction",
+             "restart_epochs")
 # Per-net values that change the training data: with a fixed training set, one per dataset.
 DATA_VALUES = ("trigger_fraction",) + tuple(CURRICULUM_OFF)
 

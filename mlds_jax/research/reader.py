@@ -251,7 +251,8 @@ class Dataset:
         task_name, seed, status (code), status_name, epochs, and one column per accuracy
         name (``val_bit_accuracy``, ``val_worst_pin_accuracy``, ``val_sequences_right``; see
         ``attrs["accuracy_names"]``), and one per per-net recipe value (``learning_rate``,
-        ``chrono_max``, ...; ``attrs["hyperparameter_names"]``). Pending nets have status
+        ``chrono_max``, ...; ``attrs["hyperparameter_names"]``), and ``restarts`` where the
+        recipe restarts nets (``per_net/restarts``). Pending nets have status
         "pending", their planned task, epochs 0 and NaN accuracies and recipe values."""
         import pandas as pd
 
@@ -275,6 +276,8 @@ class Dataset:
         hyper = self.store.read_array("hyperparameters")
         for j, name in enumerate(self.attrs["hyperparameter_names"]):
             columns[name] = hyper[:, j]
+        if "restarts" in self.store.per_net_names():  # a recipe with restart_epochs
+            columns["restarts"] = self.store.read_per_net("restarts")
         return pd.DataFrame(columns, index=pd.RangeIndex(len(self), name="net"))
 
     def select(self, spec: str | None = None, *, task=None, status=None) -> np.ndarray:

@@ -48,6 +48,7 @@ class FinishedNets:
     val_accuracy: np.ndarray  # (R, A) float32
     hyperparameters: np.ndarray  # (R, H) float32, config.SWEEPABLE order
     seq_steps: np.ndarray  # (R,) int64 sequence-steps trained (epochs x sequences x length)
+    restarts: np.ndarray  # (R,) int32 restarts taken (recipe.restart_epochs); 0 without
 
     def __len__(self) -> int:
         return len(self.net_id)
@@ -259,10 +260,10 @@ class Population:
         # Copy what we need before the next step donates these buffers.
         host = jax.device_get(
             (state.params, state.initial_flat, state.net_id, state.task, state.status,
-             state.epoch, state.loss_curve, state.val_accuracy, state.hyper)
+             state.epoch, state.loss_curve, state.val_accuracy, state.restarts, state.hyper)
         )
         host = (*host[:-1], np.stack([host[-1][k] for k in SWEEPABLE], axis=1))  # (M, H)
-        params, initial, net_id, task, status, epoch, curve, acc, hyper = jax.tree.map(
+        params, initial, net_id, task, status, epoch, curve, acc, restarts, hyper = jax.tree.map(
             lambda a: np.array(a[slots]), host
         )
         r = self.cfg.recipe
@@ -278,4 +279,5 @@ class Population:
             hyperparameters=hyper.astype(np.float32),
             seq_steps=epoch.astype(np.int64) * r.train_sequences
             * (1 if self.cfg.images is not None else r.train_length),  # DS4: images
+            restarts=restarts.astype(np.int32),
         )

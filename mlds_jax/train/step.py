@@ -32,7 +32,7 @@ EMPTY = -1  # net_id of a slot that holds no net
 RUNNING, CONVERGED, CAPPED, DIVERGED = 0, 1, 2, 3
 # Purpose tags folded into a net's key. RECIPE_INIT_KEY draws what the recipe's
 # initialisation adds to PyTorch's defaults, so a net with none of it is unchanged.
-INIT_KEY, ORDER_KEY, RECIPE_INIT_KEY = 0, 1, 2
+INIT_KEY, ORDER_KEY, RECIPE_INIT_KEY, RESTART_KEY = 0, 1, 2, 3
 
 
 def net_key(seed: int, net_id) -> jax.Array:
@@ -55,6 +55,8 @@ class NetState:
     loss_curve: jax.Array  # (M, E) float32 mean training loss per epoch, NaN after the stop
     val_accuracy: jax.Array  # (M, A) float32 cfg.accuracy_names at the last check
     level: jax.Array  # (M,) float32 curriculum level (stream.Curriculum), 1: the full task
+    restarts: jax.Array  # (M,) int32 restarts taken (recipe.restart_epochs)
+    start_epoch: jax.Array  # (M,) int32 the epoch of the net's last (re)start
     hyper: dict[str, jax.Array]  # config.SWEEPABLE name -> (M,) float32, the net's recipe values
     # What the task family draws per net on the host (`net_arrays`; DS4: the trigger,
     # vision.net_arrays), name -> (M, ...); empty for sequence tasks.
@@ -172,14 +174,24 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
     return {**params, **head, "rnn": rnn}
 
 
+def _init_flat(cfg: DatasetConfig, net_id, hyper: dict[str, jax.Array], restart) -> jax.Array:
+    """Net `net_id`'s flat initial parameters at its start number `restart` (a traced int32;
+    0: the first start, drawn from (seed, n) as always; k > 0 from (seed, n, k))."""
+    key = net_key(cfg.seed, jnp.maximum(net_id, 0))
+    again = jax.random.fold_in(jax.random.fold_in(key, RESTART_KEY), restart)
+    key = jax.random.wrap_key_data(jnp.where(restart > 0, jax.random.key_data(again),
+                                             jax.random.key_data(key)))
+    params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
+    params = recipe_init(cfg, params, hyper, jax.random.fold_in(key, RECIPE_INIT_KEY))
+    return models.flatten_params(params, models.param_layout(cfg.network))
+
+
 def init_net(cfg: DatasetConfig, net_id, task_params: dict | None = None) -> NetState:
     """A fresh net `net_id` (a traced int32 scalar; EMPTY gives an unused slot) with its
     row of `net_arrays`."""
     key = net_key(cfg.seed, jnp.maximum(net_id, 0))
     hyper = net_hyperparameters(cfg, net_id)
-    params = models.init_params(cfg.network, jax.random.fold_in(key, INIT_KEY))
-    params = recipe_init(cfg, params, hyper, jax.random.fold_in(key, RECIPE_INIT_KEY))
-    flat = models.flatten_params(params, models.param_layout(cfg.network))
+    flat = _init_flat(cfg, net_id, hyper, jnp.zeros((), jnp.int32))
     return NetState(
         params=flat,
         opt_state=_optimizer(cfg, hyper).init(flat),
@@ -191,10 +203,33 @@ def init_net(cfg: DatasetConfig, net_id, task_params: dict | None = None) -> Net
         status=jnp.where(net_id == EMPTY, CAPPED, RUNNING).astype(jnp.int32),
         loss_curve=jnp.full((cfg.max_cap,), jnp.nan, jnp.float32),
         val_accuracy=jnp.full((len(cfg.accuracy_names),), jnp.nan, jnp.float32),
-        level=jnp.where(hyper["curriculum_epochs"] > 0, 0.0, 1.0).astype(jnp.float32),
+        level=_start_level(hyper),
+        restarts=jnp.zeros((), jnp.int32),
+        start_epoch=jnp.zeros((), jnp.int32),
         hyper=hyper,
         task_params=dict(task_params or {}),
     )
+
+
+def _start_level(hyper: dict[str, jax.Array]) -> jax.Array:
+    return jnp.where(hyper["curriculum_epochs"] > 0, 0.0, 1.0).astype(jnp.float32)
+
+
+def _restarting(cfg: DatasetConfig) -> bool:
+    """Whether any net may restart (then every step can draw a new init, ~free at run time
+    but one more init to compile)."""
+    return any(r.restart_epochs > 0 for row in cfg.recipe_table for r in row)
+
+
+def _restart(cfg: DatasetConfig, state: NetState, due: jax.Array) -> NetState:
+    """`state` with the nets where `due` started again: a new init from (seed, n, restarts
+    + 1), a fresh optimiser and curriculum; epochs, loss curve and status run on."""
+    restarts = state.restarts + 1
+    flat = _init_flat(cfg, state.net_id, state.hyper, restarts)
+    new = state.replace(params=flat, opt_state=_optimizer(cfg, state.hyper).init(flat),
+                        initial_flat=flat, level=_start_level(state.hyper), restarts=restarts,
+                        start_epoch=state.epoch)
+    return jax.tree.map(lambda a, b: jnp.where(due, a, b), new, state)
 
 
 def stream_tables(cfg: DatasetConfig) -> stream.StreamTasks | None:
@@ -306,7 +341,7 @@ def _epoch_data(cfg: DatasetConfig, data: TrainData, state: NetState):
     key = stream.epoch_key(cfg.seed, state.task, state.epoch)
     curriculum = stream.Curriculum.from_hyper(hyper)
     level = jnp.where(hyper["curriculum_pass"] > 0, state.level,
-                      curriculum.scheduled(state.epoch))
+                      curriculum.scheduled(state.epoch - state.start_epoch))
     if tables.transitions is not None:
         return stream.automaton_epoch(
             key, tables.transitions[state.task], tables.outputs[state.task],
@@ -416,7 +451,8 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
     Validation decides the net's stop: converged when every column of
     `cfg.criterion_names` reaches the threshold (the worst pin on every validation set;
     DS3: symbol accuracy), capped at `max_epochs`. Nets join slots only between steps, so
-    every net is checked exactly at epochs check_every, 2*check_every, ...
+    every net is checked exactly at epochs check_every, 2*check_every, ... A net still running
+    `restart_epochs` after its (re)start starts again (`_restart`).
     """
     r = cfg.recipe
     state = jax.tree.map(lambda f, s: jnp.where(fresh.net_id >= 0, f, s), fresh, state)
@@ -433,4 +469,12 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
     status = jnp.where((status == RUNNING) & (state.epoch >= state.hyper["max_epochs"]), CAPPED,
                        status)
     val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
-    return state.replace(status=status, val_accuracy=val_acc)
+    state = state.replace(status=status, val_accuracy=val_acc)
+    if _restarting(cfg):  # a net that has not learned within its window starts again
+        patience = state.hyper["restart_epochs"]
+        # not when fewer than a window's epochs are left: the last start trains to the cap
+        due = (checked & (status == RUNNING) & (patience > 0)
+               & (state.epoch - state.start_epoch >= patience)
+               & (state.epoch + patience <= state.hyper["max_epochs"]))
+        state = _restart(cfg, state, due)
+    return state
