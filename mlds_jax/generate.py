@@ -138,22 +138,20 @@ def per_net_declared(cfg: DatasetConfig) -> dict[str, tuple] | None:
     """The dataset's own per-net arrays, name -> (dtype, row shape): DS4's trigger spec,
     and the restart count where the recipe restarts nets."""
     declared = dict(digits.TRIGGER_COLUMNS) if cfg.images is not None else {}
-    if any(r.restart_epochs > 0 for row in cfg.recipe_table for r in row):
+    if cfg.restarts_nets:
         declared.update(RESTART_COLUMNS)
     return declared or None
 
 
-def per_net_columns(cfg: DatasetConfig, net_ids, restarts=None) -> dict[str, np.ndarray] | None:
+def per_net_columns(cfg: DatasetConfig, net_ids, restarts) -> dict[str, np.ndarray] | None:
     """The dataset's own per-net arrays of `net_ids` (`per_net_declared`); `restarts` (R,)
-    as the trainer counted them (zeros if not given)."""
-    declared = per_net_declared(cfg) or {}
+    as the trainer counted them."""
     columns = {}
     if cfg.images is not None:
         columns.update(digits.trigger_columns(cfg.seed, net_ids, cfg.images.poison,
                                               vision.split_of(cfg.seed).train_labels))
-    if "restarts" in declared:
-        columns["restarts"] = (np.zeros(len(net_ids), np.int32) if restarts is None
-                               else np.asarray(restarts, np.int32))
+    if cfg.restarts_nets:
+        columns["restarts"] = np.asarray(restarts, np.int32)
     return columns or None
 
 

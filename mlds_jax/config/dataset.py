@@ -172,6 +172,11 @@ class DatasetConfig:
         return max(r.max_epochs for row in self.recipe_table for r in row)
 
     @property
+    def restarts_nets(self) -> bool:
+        """Whether any net of any task or sweep point may restart (recipe.restart_epochs)."""
+        return any(r.restart_epochs > 0 for row in self.recipe_table for r in row)
+
+    @property
     def validation_sets(self) -> tuple[str, ...]:
         """Names of the validation sets (DS2: clean and triggered behaviour)."""
         return ("val",) if self.trigger is None else ("clean", "triggered")

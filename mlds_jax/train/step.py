@@ -215,12 +215,6 @@ def _start_level(hyper: dict[str, jax.Array]) -> jax.Array:
     return jnp.where(hyper["curriculum_epochs"] > 0, 0.0, 1.0).astype(jnp.float32)
 
 
-def _restarting(cfg: DatasetConfig) -> bool:
-    """Whether any net may restart (then every step can draw a new init, ~free at run time
-    but one more init to compile)."""
-    return any(r.restart_epochs > 0 for row in cfg.recipe_table for r in row)
-
-
 def _restart(cfg: DatasetConfig, state: NetState, due: jax.Array) -> NetState:
     """`state` with the nets where `due` started again: a new init from (seed, n, restarts
     + 1), a fresh optimiser and curriculum; epochs, loss curve and status run on."""
@@ -470,7 +464,9 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
                        status)
     val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
     state = state.replace(status=status, val_accuracy=val_acc)
-    if _restarting(cfg):  # a net that has not learned within its window starts again
+    # A net that has not learned within its window starts again (only where a recipe asks:
+    # every step then draws a new init, ~free at run time but one more init to compile).
+    if cfg.restarts_nets:
         patience = state.hyper["restart_epochs"]
         # not when fewer than a window's epochs are left: the last start trains to the cap
         due = (checked & (status == RUNNING) & (patience > 0)
