@@ -23,7 +23,6 @@ the largest tier's seconds per net-epoch without compiles.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import subprocess
@@ -39,10 +38,12 @@ def one_tier(per_task: int, epochs: int, out: str) -> dict:
 
     # Every net must train exactly `epochs` epochs, also where the release recipe gives a
     # machine its own cap or where nets converge at different epochs: one check, at the cap.
-    cfg = load_config("ds1", [f"recipe.max_epochs={epochs}", f"recipe.check_every={epochs}"])
-    cfg = dataclasses.replace(cfg, task_recipes=tuple(
-        (name, tuple((k, v) for k, v in values if k != "max_epochs"))
-        for name, values in cfg.task_recipes))
+    # A machine's own cap is set to `epochs` too (as an override, so that the check interval
+    # is validated against it: a cap of 1,500 is no multiple of a 40-epoch check).
+    own_caps = [name for name, values in load_config("ds1").task_recipes
+                if any(k == "max_epochs" for k, _ in values)]
+    cfg = load_config("ds1", [f"recipe.max_epochs={epochs}", f"recipe.check_every={epochs}",
+                              *(f"recipe.task.{name}.max_epochs={epochs}" for name in own_caps)])
     marks: dict = {}
 
     def on_start(total, stored, slots):
