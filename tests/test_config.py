@@ -116,7 +116,7 @@ def test_recipe_values_are_checked(override, match):
 
 def test_per_task_recipe_values_then_sweep(tmp_path):
     path = tmp_path / "t.toml"
-    path.write_text('extends = "ds1"\n[recipe]\ntrain_data = "stream"\n'
+    path.write_text('extends = "ds1"\n[recipe]\ntrain_data = "stream"\nmax_epochs = 1000\n'
                     '[recipe.task.ParityMachine]\nmax_epochs = 4000\nlearning_rate = 0.003\n'
                     '[sweep]\nlearning_rate = [0.01, 0.02]\n')
     cfg = load_config(path)
