@@ -502,7 +502,9 @@ def test_restarted_nets_resume_from_a_checkpoint_with_their_restart_count(relati
     metadata frame) included, and every count is what the rule gives its epochs."""
     restart = ["--set", "recipe.restart_epochs=4"]
     reference = tmp_path / "ref.zarr"
-    gen.generate(load_config("smoke", ["recipe.restart_epochs=4"]), reference, PER_TASK)
+    # The same slots as the run below, so that it loads the steps this one compiled.
+    gen.generate(load_config("smoke", ["recipe.restart_epochs=4", "run.slots=3"]), reference,
+                 PER_TASK)
     args = ["generate", "smoke", "--out", str(relative_out), "--per-task", str(PER_TASK),
             "--slots", "3", "--no-progress", "--set", "run.checkpoint_minutes=0.0001", *restart]
     out = REPO / relative_out
