@@ -66,6 +66,7 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
     """Time one population size in this process."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from mlds_jax.generate import task_data
     from mlds_jax.train import population, step
@@ -76,7 +77,8 @@ def jax_one(config: str, slots: int, epoch_sequences: int, repeats: int,
     pop = population.Population(cfg, data, slots)
     epoch = jax.jit(jax.vmap(lambda s, d: step._train_epoch(cfg, d, s), in_axes=(0, None)),
                     donate_argnums=0)
-    state = pop._empty(jnp.arange(slots, dtype=jnp.int32))
+    ids = np.arange(slots, dtype=np.int32)  # nets 0..M-1, each with its task's values
+    state = pop._empty(jnp.asarray(ids), step.net_arrays(cfg, ids))
     t0 = time.perf_counter()
     compiled = epoch.lower(state, pop.data).compile()
     compile_s = time.perf_counter() - t0
@@ -252,11 +254,22 @@ def main() -> None:
     runs = [(rec, m, "fixed") for rec in args.recurrence for m in args.slots
             if "fixed" in args.data]
     runs += [(args.recurrence[0], m, "stream") for m in args.slots if "stream" in args.data]
+    # Curricula and near misses need streamed data: the fixed-data rows time the recipe
+    # with them off (the step's shapes are the same),
+    from mlds_jax.config.sections import CURRICULUM_OFF
+
+    # and one trigger share for every task (a fixed set has one per dataset).
+    off = {**CURRICULUM_OFF, "trigger_fraction": release.trigger_fraction}
+    fixed_only = [f"recipe.{key}={value}" for key, value in off.items()]
+    fixed_only += [f"recipe.task.{name}.{key}={off[key]}"
+                   for name, values in load_config(args.config).task_recipes
+                   for key, _ in values if key in off]
     for recurrence, m, mode in runs:
         cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
                "--epoch-sequences", str(args.epoch_sequences), "--repeats",
                str(args.repeats), "--recurrence", recurrence,
                *(f"--set={o}" for o in args.overrides),
+               *(f"--set={o}" for o in (fixed_only if mode == "fixed" else ())),
                f'--set=recipe.train_data="{mode}"']
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:  # e.g. out of device memory: report it, time the rest
