@@ -248,22 +248,21 @@ def main() -> None:
     from rich.table import Table
 
     from mlds_jax.config.load import load_config
+    from mlds_jax.config.sections import CURRICULUM_OFF
 
-    release = load_config(args.config).recipe
+    release_cfg = load_config(args.config)
+    release = release_cfg.recipe
     rows, seen = [], set()
     runs = [(rec, m, "fixed") for rec in args.recurrence for m in args.slots
             if "fixed" in args.data]
     runs += [(args.recurrence[0], m, "stream") for m in args.slots if "stream" in args.data]
-    # Curricula and near misses need streamed data: the fixed-data rows time the recipe
-    # with them off (the step's shapes are the same),
-    from mlds_jax.config.sections import CURRICULUM_OFF
-
-    # and one trigger share for every task (a fixed set has one per dataset).
+    # Curricula and near misses need streamed data, and a fixed set has one trigger share
+    # per dataset: the fixed-data rows time the recipe with them off (the step's shapes
+    # are the same).
     off = {**CURRICULUM_OFF, "trigger_fraction": release.trigger_fraction}
     fixed_only = [f"recipe.{key}={value}" for key, value in off.items()]
     fixed_only += [f"recipe.task.{name}.{key}={off[key]}"
-                   for name, values in load_config(args.config).task_recipes
-                   for key, _ in values if key in off]
+                   for name, values in release_cfg.task_recipes for key, _ in values if key in off]
     for recurrence, m, mode in runs:
         cmd = [sys.executable, __file__, "--config", args.config, "--one", str(m),
                "--epoch-sequences", str(args.epoch_sequences), "--repeats",

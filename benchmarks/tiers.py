@@ -4,6 +4,7 @@ validation, store writes, packing) for two DS1 tiers, each in a fresh process, s
     python benchmarks/tiers.py                       # DS1-100 and DS1-1000, 40 epochs per net
     python benchmarks/tiers.py --per-task 20 200 --epochs 40
     python benchmarks/tiers.py --learnability out/ds1-learn.zarr   # + the full-DS1 projection
+    python benchmarks/tiers.py --per-task 200 --set recipe.train_length=32   # another recipe
 
 Every net trains exactly `--epochs` epochs (the check interval is the cap, so the first
 validation, where a net may stop, is at the cap), so both tiers do the same work per net,
@@ -32,7 +33,7 @@ import time
 
 import numpy as np
 
-def one_tier(per_task: int, epochs: int, out: str) -> dict:
+def one_tier(per_task: int, epochs: int, out: str, overrides: tuple[str, ...] = ()) -> dict:
     from mlds_jax.config.load import load_config
     from mlds_jax.generate import generate
 
@@ -40,9 +41,10 @@ def one_tier(per_task: int, epochs: int, out: str) -> dict:
     # machine its own cap or where nets converge at different epochs: one check, at the cap.
     # A machine's own cap is set to `epochs` too (as an override, so that the check interval
     # is validated against it: a cap of 1,500 is no multiple of a 40-epoch check).
-    own_caps = [name for name, values in load_config("ds1").task_recipes
+    own_caps = [name for name, values in load_config("ds1", list(overrides)).task_recipes
                 if any(k == "max_epochs" for k, _ in values)]
-    cfg = load_config("ds1", [f"recipe.max_epochs={epochs}", f"recipe.check_every={epochs}",
+    cfg = load_config("ds1", [*overrides, f"recipe.max_epochs={epochs}",
+                              f"recipe.check_every={epochs}",
                               *(f"recipe.task.{name}.max_epochs={epochs}" for name in own_caps)])
     marks: dict = {}
 
@@ -78,12 +80,15 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--learnability", help="DS1 store for the full-DS1 projection")
     ap.add_argument("--nets", type=int, default=50_000, help="nets to project for")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a ds1 recipe key for the tiers (repeatable), e.g. "
+                    "recipe.train_length=32 to time another recipe beside the release one")
     ap.add_argument("--cap", type=int, help="project for this epoch cap (a store trained "
                     "with a higher one: each net counts min(its epochs, cap); exact when no "
                     "net converged between the two)")
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one_tier(args.one, args.epochs, args.out)))
+        print(json.dumps(one_tier(args.one, args.epochs, args.out, tuple(args.overrides))))
         return
 
     from rich.console import Console
@@ -93,7 +98,8 @@ def main() -> None:
     for per_task in args.per_task:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, __file__, "--one", str(per_task), "--epochs",
-                   str(args.epochs), "--out", f"{tmp}/ds1.zarr"]
+                   str(args.epochs), "--out", f"{tmp}/ds1.zarr",
+                   *(f"--set={o}" for o in args.overrides)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"  DS1-{rows[-1]['nets']}: {rows[-1]['nets_per_h']:,.0f} nets/h", flush=True)
