@@ -50,6 +50,7 @@ class _Group(click.Group):
 def main():
     """MLDS-JAX: datasets of trained neural networks."""
     compile_cache.enable()
+    compile_cache.cpu_optimization()
 
 
 @main.command()

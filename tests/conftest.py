@@ -13,6 +13,7 @@ from mlds_jax.train import compile_cache
 os.environ.setdefault("MLDS_JAX_COMPILE_CACHE",
                       str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compile"))
 compile_cache.enable()
+compile_cache.cpu_optimization()  # as the `mlds` command compiles
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_x64", False)

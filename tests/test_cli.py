@@ -102,6 +102,27 @@ def test_compile_cache_directory_follows_the_environment(tmp_path):
     assert cache_dir({"XDG_CACHE_HOME": "/c"}).as_posix() == "/c/mlds-jax/jax"
 
 
+def test_cpu_optimization_level_is_added_unless_chosen_elsewhere():
+    from mlds_jax.train.compile_cache import CPU_OPTIMIZATION, cpu_optimization
+
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    assert cpu_optimization(env)
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {CPU_OPTIMIZATION}"
+    assert not cpu_optimization(env)  # once
+    mine = {"XLA_FLAGS": "--xla_backend_optimization_level=3"}
+    assert not cpu_optimization(mine) and mine["XLA_FLAGS"] == "--xla_backend_optimization_level=3"
+    gpu = {"JAX_PLATFORMS": "cuda"}
+    assert not cpu_optimization(gpu) and "XLA_FLAGS" not in gpu
+
+
+def test_the_cli_sets_compiler_flags_before_jax_starts_its_backend():
+    """XLA reads XLA_FLAGS once, when JAX first uses a device: importing the CLI must not."""
+    code = ("import mlds_jax.cli\n"
+            "from jax._src import xla_bridge\n"
+            "assert not xla_bridge.backends_are_initialized()\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_killed_run_resumes_with_nothing_lost(tmp_path, reference):
     out = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "mlds_jax.cli", "generate", "smoke", "--out", str(out),

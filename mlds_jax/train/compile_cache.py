@@ -1,5 +1,6 @@
-"""JAX's persistent compilation cache for the `mlds` command: a rerun, a resume or a second
-writer loads the population's compiled step from disk instead of compiling it again.
+"""How the `mlds` command compiles. JAX's persistent compilation cache: a rerun, a resume or
+a second writer loads the population's compiled step from disk instead of compiling it
+again. And on a CPU, XLA's backend at optimisation level 1 (`cpu_optimization`).
 
 Where: `MLDS_JAX_COMPILE_CACHE` (a directory, or `0` for none); otherwise JAX's own
 `JAX_COMPILATION_CACHE_DIR` when it is set; otherwise `$XDG_CACHE_HOME/mlds-jax/jax`
@@ -61,3 +62,35 @@ def enable(environ=os.environ) -> Path | None:
         config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path
+
+
+# On a CPU the population step's arithmetic is the compiled kernel's (csrc/rnn.cc) or small
+# XLA loops, and level 1 compiles it in 5-7 s against XLA's default 8-10 s at the same
+# training rate; level 0 is 3x slower to run (docs/benchmarks.md, "Compile time").
+CPU_OPTIMIZATION = "--xla_backend_optimization_level=1"
+
+
+def _accelerator_plugin() -> bool:
+    """Whether a JAX GPU/TPU plugin is installed (jax_plugins.*): the level is untested there."""
+    try:
+        import jax_plugins
+    except ImportError:
+        return False
+    import pkgutil
+
+    return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+
+
+def cpu_optimization(environ=os.environ) -> bool:
+    """Add CPU_OPTIMIZATION to XLA_FLAGS for this process and those it starts, unless
+    XLA_FLAGS already sets a level, JAX_PLATFORMS names another platform, or an accelerator
+    plugin is installed; True when added. XLA reads the flags when JAX first uses a device,
+    so call it before that (the CLI does, before any command runs)."""
+    flags = environ.get("XLA_FLAGS", "")
+    platforms = environ.get("JAX_PLATFORMS", "").strip().lower()
+    if "xla_backend_optimization_level" in flags or platforms not in ("", "cpu"):
+        return False
+    if not platforms and _accelerator_plugin():
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {CPU_OPTIMIZATION}".strip()
+    return True
