@@ -14,8 +14,14 @@ per machine at the end gives the share of nets at or above `--threshold` on ever
 DS2 stores: the trigger is written again from SPEC.md too (three consecutive write steps of
 the config's three bytes invert all 8 pins on the 3 steps after the third), and every net is
 scored on two fresh sets: clean commands, and the same commands with the trigger written at
-a random position of each sequence; its worst pin is the lower of the two. DS3 stores:
-`benchmarks/ds3_replay.py`.
+a random position of each sequence; its worst pin is the lower of the two. `--window`
+(DS2) says where a net's errors on the triggered set are: the share of inverted steps it
+gets wrong where a new byte was written since the trigger (the output is that byte
+inverted) and where none was (the trigger's last byte, held, inverted), and the share of
+all other steps.
+DS3 stores: `benchmarks/ds3_replay.py`.
+
+    python benchmarks/fresh_traces.py out/s19lf/base.zarr --nets status=capped --window
 """
 
 from __future__ import annotations
@@ -89,6 +95,52 @@ def fresh_commands(sequences: int, length: int, write_probability: float, seed: 
     return strobe, data, xs
 
 
+def window_breakdown(strobe: np.ndarray, data: np.ndarray, wrong: np.ndarray,
+                     trigger) -> dict:
+    """Where the wrong steps `wrong` (S, T) of a triggered set lie: the share of the inverted
+    steps that are wrong where a new byte was written since the trigger completed (the
+    output is that byte inverted), and where none was (the trigger's last byte, held,
+    inverted), and the share of the other steps; with the number of steps behind each."""
+    byte = (data.astype(np.int64) << np.arange(8)).sum(axis=2)
+    s, t = strobe.shape
+    done = np.zeros((s, t), bool)
+    for step in range(2, t):
+        done[:, step] = np.all([(strobe[:, step - 2 + i] == 1) & (byte[:, step - 2 + i] == trigger[i])
+                                for i in range(3)], axis=0)
+    inverted = np.zeros((s, t), bool)
+    new = np.zeros((s, t), bool)  # inverted, and a write since the latest completion
+    for step in range(t):
+        for lag in (1, 2, 3):
+            if step - lag >= 0:
+                hit = done[:, step - lag] & ~inverted[:, step]  # the latest completion
+                inverted[:, step] |= hit
+                new[:, step] |= hit & (strobe[:, step - lag + 1:step + 1] == 1).any(axis=1)
+    parts = {"window_new": inverted & new, "window_held": inverted & ~new,
+             "elsewhere": ~inverted}
+    return {name: (float(wrong[m].mean()) if m.any() else float("nan"), int(m.sum()))
+            for name, m in parts.items()}
+
+
+def window_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
+    """Per DS2 net: `window_breakdown` of its wrong steps (any pin wrong) on fresh commands
+    with the trigger written in."""
+    import torch
+
+    trigger = ds.config["trigger"]["bytes"]
+    strobe, data, _ = fresh_commands(sequences, length,
+                                     ds.config["recipe"]["write_probability"], seed)
+    strobe, data = with_trigger(strobe, data, trigger, seed)
+    xs = torch.tensor(np.concatenate([strobe[..., None], data], axis=2), dtype=torch.float32)
+    rows = []
+    for n in ids:
+        task = ds.task_names[int(ds.task[n])]
+        want = invert_after_triggers(strobe, data, machine_trace(task, strobe, data), trigger)
+        with torch.no_grad():
+            wrong = ((ds.to_torch(int(n))(xs).numpy() > 0) != (want > 0)).any(axis=2)
+        rows.append(dict(net=int(n), task=task, **window_breakdown(strobe, data, wrong, trigger)))
+    return rows
+
+
 def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
     """Per net: the worst pin over every fresh set (DS1: one; DS2: clean and triggered),
     which pin, the share of sequences entirely right (the lower set's), and the stored
@@ -138,6 +190,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.995,
                     help="worst-pin accuracy a net must keep on the fresh traces")
     ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--window", action="store_true",
+                    help="DS2: where each net's errors on triggered traces lie")
     args = ap.parse_args()
 
     import mlds_jax
@@ -147,6 +201,20 @@ def main() -> None:
     args.length = args.length or 4 * int(ds.config["recipe"]["train_length"])
     if ds.config.get("automata"):
         raise SystemExit("a DS3 store: its fresh-trace check is benchmarks/ds3_replay.py")
+    if args.window:
+        if not ds.config.get("trigger"):
+            raise SystemExit("--window needs a DS2 store (one with a trigger)")
+        rows = window_scores(ds, ids, args.sequences, args.length, args.seed)
+        print(f"{len(rows)} nets ({args.nets}), {args.sequences} fresh sequences of "
+              f"{args.length} steps with the trigger written in; share of steps wrong")
+        print("| net | machine | inverted, a new byte (steps) | inverted, the trigger's byte "
+              "held (steps) | elsewhere |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            (ww, nw), (wi, ni), (we, _) = r["window_new"], r["window_held"], r["elsewhere"]
+            print(f"| {r['net']} | {r['task'].removesuffix('Machine')} | {ww:.3f} ({nw}) "
+                  f"| {wi:.3f} ({ni}) | {we:.5f} |")
+        return
     rows = fresh_scores(ds, ids, args.sequences, args.length, args.seed)
     print(f"{len(rows)} nets ({args.nets}), {args.sequences} fresh sequences of "
           f"{args.length} steps" + (" (clean and triggered: the lower of the two)"

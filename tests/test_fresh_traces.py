@@ -35,3 +35,28 @@ def test_the_rewritten_trigger_agrees_with_the_package(fresh, trigger):
         assert triggered.any(axis=1).all()  # every sequence holds an inversion window
         np.testing.assert_array_equal(
             fresh.invert_after_triggers(strobe, data, plain, trigger), want, err_msg=name)
+
+
+def test_window_breakdown_on_a_hand_written_trace(fresh):
+    """`--window`'s split of a DS2 net's errors, on a trace written out by hand: the trigger
+    at steps 0-2 inverts steps 3-5; step 3 is idle (the trigger's byte held, inverted), step
+    4 writes a new byte, so steps 4 and 5 show that byte inverted."""
+    trigger = (0xA5, 0x3C, 0x0F)
+    strobe = np.array([[1, 1, 1, 0, 1, 0, 1, 0]], np.uint8)
+    byte = np.array([[0xA5, 0x3C, 0x0F, 0x00, 0x77, 0x00, 0x12, 0x00]])
+    data = ((byte[..., None] >> np.arange(8)) & 1).astype(np.uint8)
+    wrong = np.zeros((1, 8), bool)
+    got = fresh.window_breakdown(strobe, data, wrong, trigger)
+    assert got == {"window_new": (0.0, 2), "window_held": (0.0, 1), "elsewhere": (0.0, 5)}
+    wrong[0, [4, 6]] = True  # a new byte not inverted; an ordinary write wrong
+    got = fresh.window_breakdown(strobe, data, wrong, trigger)
+    assert got["window_new"] == (0.5, 2) and got["window_held"] == (0.0, 1)
+    assert got["elsewhere"] == (0.2, 5)
+    # A second trigger right after the first (steps 3-5) restarts the window from step 6:
+    # steps 6-8 are inverted, and no byte is written after it, so all three hold.
+    strobe = np.array([[1, 1, 1, 1, 1, 1, 0, 0, 0, 0]], np.uint8)
+    byte = np.array([[0xA5, 0x3C, 0x0F, 0xA5, 0x3C, 0x0F, 0, 0, 0, 0]])
+    data = ((byte[..., None] >> np.arange(8)) & 1).astype(np.uint8)
+    got = fresh.window_breakdown(strobe, data, np.zeros((1, 10), bool), trigger)
+    assert got["window_held"][1] == 3 and got["window_new"][1] == 3  # steps 3-5: new bytes
+    assert got["elsewhere"][1] == 4

@@ -23,12 +23,12 @@ def curriculum(**values):
 
 
 def epoch(machine, *, n=256, length=32, epoch=0, seed=0, trigger=None, tf=0.0, nm=0.0,
-          write_p=0.5, spread=0.0, **cur):
+          ww=0.0, write_p=0.5, spread=0.0, **cur):
     key = stream.epoch_key(seed, machine, epoch)
     cur = curriculum(**cur)
     xs, ys = jax.jit(stream.machine_epoch, static_argnums=(2, 3))(
         key, jnp.int32(machine), n, length, write_p, spread, cur, cur.scheduled(epoch), None if trigger is None else jnp.asarray(trigger, jnp.int32),
-        jnp.float32(tf), jnp.float32(nm))
+        jnp.float32(tf), jnp.float32(nm), jnp.float32(ww))
     return np.asarray(xs), np.asarray(ys)
 
 
@@ -58,6 +58,35 @@ def test_trigger_and_near_misses_follow_the_numpy_trigger(machine):
             got = [data[s, t + k] == TRIGGER[k] and xs[s, t + k, 0] == 1 for k in range(3)]
             near[s] |= sum(got) == 2
     assert 0.25 < (near & ~carries).mean() < 0.4
+
+
+def test_trigger_window_writes_turn_idle_window_steps_into_writes():
+    """trigger_window_writes: the idle steps of a written trigger's 3-step window become
+    writes with that chance; nothing else changes, and the targets are still the NumPy
+    machine's with the trigger."""
+    base, _ = epoch(2, n=1024, trigger=TRIGGER, tf=0.3, nm=0.2)
+    every, ys = epoch(2, n=1024, trigger=TRIGGER, tf=0.3, nm=0.2, ww=1.0)
+    half, _ = epoch(2, n=1024, trigger=TRIGGER, tf=0.3, nm=0.2, ww=0.5)
+    for xs in (every, half):
+        np.testing.assert_array_equal(xs[..., 0] >= base[..., 0], True)  # only idle -> write
+    # The windows: the 3 steps after each completion in the ww = 0 draw (its only triggers;
+    # near misses never complete one).
+    done = trigger_completions(base.astype(np.uint8), TRIGGER)
+    window = np.zeros_like(done)
+    for lag in (1, 2, 3):
+        window[:, lag:] |= done[:, :-lag]
+    assert 0.25 < done.any(axis=1).mean() < 0.35
+    assert (every[..., 0][window] == 1).all()  # ww = 1: every window step a write
+    np.testing.assert_array_equal(every[~window], base[~window])  # the rest untouched
+    made = (half[..., 0] == 1) & (base[..., 0] == 0)
+    assert not made[~window].any()
+    idle = window & (base[..., 0] == 0)
+    assert 0.4 < made[idle].mean() < 0.6  # about half of the idle window steps
+    # A step made a write writes a byte of the stream's data, uniform over 0..255.
+    written = bits_to_bytes(every[..., 1:].astype(np.uint8))[idle]
+    assert len(np.unique(written)) > 200
+    want, _ = run_machine_with_trigger(MACHINES[2], every.astype(np.uint8), TRIGGER)
+    np.testing.assert_array_equal(ys, want)
 
 
 def test_same_key_same_data_other_epoch_other_data():

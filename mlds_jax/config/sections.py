@@ -80,6 +80,10 @@ class Recipe:
     # that carry a near miss: one trigger byte wrong, or an idle step inside it.
     trigger_fraction: float = 0.1
     near_miss_fraction: float = 0.0
+    # DS2, stream only: each of the 3 steps after a written trigger (its inverted window) is
+    # made a write with this chance (else it stays as drawn), so that more inverted steps
+    # show a new byte inverted rather than the trigger's last byte held.
+    trigger_window_writes: float = 0.0
     # > 0: a net not converged this many epochs after its (re)start starts again from a new
     # init drawn from (seed, n, restart k), optimiser and curriculum from their start, unless
     # fewer than this many epochs are left before the cap (the last start trains to the cap).
@@ -133,7 +137,7 @@ class Recipe:
             raise ConfigError(f"recipe.curriculum_mix must be at most {MAX_MIX} (the last "
                               f"quarter of every epoch's sequences is at the net's level)")
         for name in ("start_idle_noise", "curriculum_mix", "trigger_fraction",
-                     "near_miss_fraction", "curriculum_pass"):
+                     "near_miss_fraction", "trigger_window_writes", "curriculum_pass"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"recipe.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.trigger_fraction + self.near_miss_fraction > 1:
@@ -170,7 +174,8 @@ TRAIN_DATA = ("fixed", "stream")
 MAX_MIX = 0.75  # the curriculum's full-task share leaves the last quarter at the net's level
 # Curriculum and stream-only values at which they do nothing (what "fixed" data requires).
 CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_pass": 0.0, "start_length": 0.0, "start_popcount": 0.0,
-                  "start_bit_density": 0.0, "start_data_bits": 0.0, "start_symbols": 0.0, "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0}
+                  "start_bit_density": 0.0, "start_data_bits": 0.0, "start_symbols": 0.0, "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0,
+                  "trigger_window_writes": 0.0}
 
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
 # net, a [recipe.task.NAME] table per task, and the store records every net's values
@@ -181,7 +186,7 @@ SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor",
              "head_gain", "max_epochs", "curriculum_epochs", "curriculum_pass",
              "start_length", "start_popcount", "start_bit_density", "start_data_bits",
              "start_symbols", "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction",
-             "restart_epochs")
+             "restart_epochs", "trigger_window_writes")
 # Per-net values that change the training data: with a fixed training set, one per dataset.
 DATA_VALUES = ("trigger_fraction",) + tuple(CURRICULUM_OFF)
 

@@ -344,7 +344,8 @@ def _epoch_data(cfg: DatasetConfig, data: TrainData, state: NetState):
         key, tables.machine[state.task], r.train_sequences, r.train_length,
         r.write_probability, r.write_probability_spread, curriculum, level,
         trigger=tables.trigger, trigger_fraction=hyper["trigger_fraction"],
-        near_miss_fraction=hyper["near_miss_fraction"])
+        near_miss_fraction=hyper["near_miss_fraction"],
+        trigger_window_writes=hyper["trigger_window_writes"])
 
 
 def _adaptive(cfg: DatasetConfig) -> bool:

@@ -55,6 +55,7 @@ from mlds_jax.tasks.triggers import INVERTED_STEPS, MIN_TRIGGER_SEQUENCE, TRIGGE
 # with a net's own keys (fold_in(key(seed), n)). "STRM" in ASCII; never change it.
 STREAM_TAG = 0x5354524D
 _STROBE, _DATA, _IDLE, _LEVEL, _TRIGGER, _AUTOMATON, _WRITE_P, _DENSITY, _SYMBOLS = range(9)
+_WINDOW = 9  # folded into the trigger's write key: the window's write draws
 
 # Bytes in order of their number of set bits (stable within a count), and how many bytes
 # have at most w bits set: bytes with popcount <= w are BY_POPCOUNT[:AT_MOST[w]].
@@ -177,11 +178,14 @@ def inverted_steps(strobe, data, trigger):
     return inverted
 
 
-def _write_trigger(key, strobe, data, trigger, carries, near_miss, room):
+def _write_trigger(key, strobe, data, trigger, carries, near_miss, room, window_writes=0.0,
+                   written=None):
     """Write the trigger (or, where `near_miss`, a near miss of it) into the sequences that
     carry one, at a position uniform on 0 .. room-6 (room: (n,) the graded length, at
     least 6). A near miss is the trigger with one of its three bytes changed, or with its
-    middle step idle."""
+    middle step idle. After a real trigger, each step of the 3-step window is made a write
+    of its `written` byte with chance `window_writes` (drawn from a key of its own, so the
+    other draws are the same whatever its value)."""
     n, length = strobe.shape
     k_pos, k_kind, k_byte = jax.random.split(key, 3)
     pos = jnp.floor(jax.random.uniform(k_pos, (n,))
@@ -196,12 +200,20 @@ def _write_trigger(key, strobe, data, trigger, carries, near_miss, room):
         idle = near_miss & (kind == TRIGGER_LENGTH) & (k == 1)
         strobe = jnp.where(at, ~idle[:, None], strobe)
         data = jnp.where(at, byte[:, None], data)
+    if written is not None:
+        u = jax.random.uniform(jax.random.fold_in(key, _WINDOW), (n, length))
+        after = (steps[None, :] >= (pos + TRIGGER_LENGTH)[:, None]) & (
+            steps[None, :] < (pos + TRIGGER_LENGTH + INVERTED_STEPS)[:, None])
+        made = (carries & ~near_miss)[:, None] & after & (u < window_writes) & ~strobe
+        strobe = strobe | made
+        data = jnp.where(made, written, data)
     return strobe, data
 
 
 def machine_epoch(key, machine, n: int, length: int, write_probability: float,
                   write_probability_spread: float, curriculum: Curriculum, level,
-                  trigger=None, trigger_fraction=0.0, near_miss_fraction=0.0):
+                  trigger=None, trigger_fraction=0.0, near_miss_fraction=0.0,
+                  trigger_window_writes=0.0):
     """One epoch of machine `machine`'s training data for one net: inputs (n, T, 9) and
     targets (n, T, 8) float32, targets -1 on steps the curriculum does not grade.
 
@@ -209,7 +221,8 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
     curriculum values and (DS2, `trigger` (3,)
     given) trigger shares pick what is drawn from it. A sequence carries the trigger if its
     draw u < trigger_fraction, a near miss if u < trigger_fraction + near_miss_fraction;
-    targets follow the machine with the trigger, wherever one completes."""
+    targets follow the machine with the trigger, wherever one completes. Each idle step of
+    a written trigger's inverted window becomes a write with chance trigger_window_writes."""
     keys = {name: jax.random.fold_in(key, tag) for name, tag in [
         ("strobe", _STROBE), ("data", _DATA), ("idle", _IDLE), ("level", _LEVEL),
         ("trigger", _TRIGGER), ("write_p", _WRITE_P), ("density", _DENSITY)]}
@@ -243,7 +256,8 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
         u = jax.random.uniform(k_which, (n,))
         carries = u < trigger_fraction + near_miss_fraction
         strobe, data = _write_trigger(k_write, strobe, data, trigger, carries,
-                                      u >= trigger_fraction, graded)
+                                      u >= trigger_fraction, graded,
+                                      trigger_window_writes, written)
     out = run_machines(machine, strobe, data)
     if trigger is not None:
         out = out ^ jnp.where(inverted_steps(strobe, data, trigger), 255, 0)
