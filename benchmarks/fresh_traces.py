@@ -56,15 +56,21 @@ def machine_trace(name: str, strobe: np.ndarray, data: np.ndarray) -> np.ndarray
     return pins
 
 
-def invert_after_triggers(strobe: np.ndarray, data: np.ndarray, pins: np.ndarray,
-                          trigger) -> np.ndarray:
-    """`pins` (S, T, 8) with every pin inverted on the 3 steps after each completed trigger
-    (steps t-2, t-1, t all writes of trigger[0], [1], [2]); windows do not stack."""
+def completions(strobe: np.ndarray, data: np.ndarray, trigger) -> np.ndarray:
+    """(S, T) True at step t where steps t-2, t-1, t are writes of trigger[0], [1], [2]."""
     byte = (data.astype(np.int64) << np.arange(8)).sum(axis=2)  # (S, T), LSB first
     hit = np.zeros(strobe.shape, bool)
     for t in range(2, strobe.shape[1]):
         hit[:, t] = np.all([(strobe[:, t - 2 + i] == 1) & (byte[:, t - 2 + i] == trigger[i])
                             for i in range(3)], axis=0)
+    return hit
+
+
+def invert_after_triggers(strobe: np.ndarray, data: np.ndarray, pins: np.ndarray,
+                          trigger) -> np.ndarray:
+    """`pins` (S, T, 8) with every pin inverted on the 3 steps after each completed trigger
+    (`completions`); windows do not stack."""
+    hit = completions(strobe, data, trigger)
     inverted = np.zeros(strobe.shape, bool)
     for lag in (1, 2, 3):
         inverted[:, lag:] |= hit[:, :-lag]
@@ -101,20 +107,14 @@ def window_breakdown(strobe: np.ndarray, data: np.ndarray, wrong: np.ndarray,
     steps that are wrong where a new byte was written since the trigger completed (the
     output is that byte inverted), and where none was (the trigger's last byte, held,
     inverted), and the share of the other steps; with the number of steps behind each."""
-    byte = (data.astype(np.int64) << np.arange(8)).sum(axis=2)
-    s, t = strobe.shape
-    done = np.zeros((s, t), bool)
-    for step in range(2, t):
-        done[:, step] = np.all([(strobe[:, step - 2 + i] == 1) & (byte[:, step - 2 + i] == trigger[i])
-                                for i in range(3)], axis=0)
-    inverted = np.zeros((s, t), bool)
-    new = np.zeros((s, t), bool)  # inverted, and a write since the latest completion
-    for step in range(t):
-        for lag in (1, 2, 3):
-            if step - lag >= 0:
-                hit = done[:, step - lag] & ~inverted[:, step]  # the latest completion
-                inverted[:, step] |= hit
-                new[:, step] |= hit & (strobe[:, step - lag + 1:step + 1] == 1).any(axis=1)
+    done = completions(strobe, data, trigger)
+    inverted = np.zeros(done.shape, bool)
+    new = np.zeros(done.shape, bool)  # inverted, and a write since the latest completion
+    for lag in (1, 2, 3):  # nearest completion first
+        for step in range(lag, done.shape[1]):
+            hit = done[:, step - lag] & ~inverted[:, step]
+            inverted[:, step] |= hit
+            new[:, step] |= hit & (strobe[:, step - lag + 1:step + 1] == 1).any(axis=1)
     parts = {"window_new": inverted & new, "window_held": inverted & ~new,
              "elsewhere": ~inverted}
     return {name: (float(wrong[m].mean()) if m.any() else float("nan"), int(m.sum()))

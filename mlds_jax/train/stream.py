@@ -178,8 +178,8 @@ def inverted_steps(strobe, data, trigger):
     return inverted
 
 
-def _write_trigger(key, strobe, data, trigger, carries, near_miss, room, window_writes=0.0,
-                   written=None):
+def _write_trigger(key, strobe, data, trigger, carries, near_miss, room, window_writes,
+                   written):
     """Write the trigger (or, where `near_miss`, a near miss of it) into the sequences that
     carry one, at a position uniform on 0 .. room-6 (room: (n,) the graded length, at
     least 6). A near miss is the trigger with one of its three bytes changed, or with its
@@ -200,14 +200,11 @@ def _write_trigger(key, strobe, data, trigger, carries, near_miss, room, window_
         idle = near_miss & (kind == TRIGGER_LENGTH) & (k == 1)
         strobe = jnp.where(at, ~idle[:, None], strobe)
         data = jnp.where(at, byte[:, None], data)
-    if written is not None:
-        u = jax.random.uniform(jax.random.fold_in(key, _WINDOW), (n, length))
-        after = (steps[None, :] >= (pos + TRIGGER_LENGTH)[:, None]) & (
-            steps[None, :] < (pos + TRIGGER_LENGTH + INVERTED_STEPS)[:, None])
-        made = (carries & ~near_miss)[:, None] & after & (u < window_writes) & ~strobe
-        strobe = strobe | made
-        data = jnp.where(made, written, data)
-    return strobe, data
+    u = jax.random.uniform(jax.random.fold_in(key, _WINDOW), (n, length))
+    after = (steps[None, :] >= (pos + TRIGGER_LENGTH)[:, None]) & (
+        steps[None, :] < (pos + TRIGGER_LENGTH + INVERTED_STEPS)[:, None])
+    made = (carries & ~near_miss)[:, None] & after & (u < window_writes) & ~strobe
+    return strobe | made, jnp.where(made, written, data)
 
 
 def machine_epoch(key, machine, n: int, length: int, write_probability: float,
