@@ -23,12 +23,12 @@ def curriculum(**values):
 
 
 def epoch(machine, *, n=256, length=32, epoch=0, seed=0, trigger=None, tf=0.0, nm=0.0,
-          ww=0.0, write_p=0.5, spread=0.0, **cur):
+          ww=0.0, extra=0.0, write_p=0.5, spread=0.0, **cur):
     key = stream.epoch_key(seed, machine, epoch)
     cur = curriculum(**cur)
     xs, ys = jax.jit(stream.machine_epoch, static_argnums=(2, 3))(
         key, jnp.int32(machine), n, length, write_p, spread, cur, cur.scheduled(epoch), None if trigger is None else jnp.asarray(trigger, jnp.int32),
-        jnp.float32(tf), jnp.float32(nm), jnp.float32(ww))
+        jnp.float32(tf), jnp.float32(nm), jnp.float32(ww), jnp.float32(extra))
     return np.asarray(xs), np.asarray(ys)
 
 
@@ -87,6 +87,29 @@ def test_trigger_window_writes_turn_idle_window_steps_into_writes():
     assert len(np.unique(written)) > 200
     want, _ = run_machine_with_trigger(MACHINES[2], every.astype(np.uint8), TRIGGER)
     np.testing.assert_array_equal(ys, want)
+
+
+@pytest.mark.parametrize("machine", [3, 4])
+def test_extra_writes_turn_idle_steps_into_writes(machine):
+    """extra_writes: each idle step becomes a write with that chance; every step that was a
+    write stays the same write, the targets are the NumPy machine's on the new commands,
+    and DS2's trigger is still written into a sequence that carries one."""
+    base, _ = epoch(machine, n=1024)
+    more, ys = epoch(machine, n=1024, extra=0.6)
+    every, _ = epoch(machine, n=1024, extra=1.0)
+    write = base[..., 0] == 1
+    np.testing.assert_array_equal(more[write], base[write])  # writes untouched
+    made = (more[..., 0] == 1) & ~write
+    assert 0.55 < made[~write].mean() < 0.65  # about 0.6 of the idle steps
+    assert (every[..., 0] == 1).all()  # 1.0: every step a write
+    np.testing.assert_array_equal(more[~made & ~write], base[~made & ~write])  # idle kept
+    # A step made a write writes a uniform byte of the stream's data.
+    assert len(np.unique(bits_to_bytes(more[..., 1:].astype(np.uint8))[made])) > 250
+    np.testing.assert_array_equal(ys, run_machine(MACHINES[machine], more.astype(np.uint8)))
+    trig, yt = epoch(machine, n=1024, extra=0.6, trigger=TRIGGER, tf=0.3)
+    want, _ = run_machine_with_trigger(MACHINES[machine], trig.astype(np.uint8), TRIGGER)
+    np.testing.assert_array_equal(yt, want)
+    assert 0.25 < trigger_completions(trig.astype(np.uint8), TRIGGER).any(axis=1).mean() < 0.35
 
 
 def test_same_key_same_data_other_epoch_other_data():

@@ -181,7 +181,7 @@ def test_slots_from_memory_budget():
 SWEEP = ((), (("learning_rate", 1e-2), ("warmup_epochs", 1.0), ("clip_norm", 0.05),
               ("weight_decay", 1e-2), ("decay_half_life", 1.0), ("decay_floor", 0.3)),
          (("memory_gate_bias", 1.0), ("chrono_max", 8.0), ("recurrent_gain", 1.2),
-          ("input_gain", 1.5), ("head_gain", 2.0)))
+          ("input_gain", 1.5), ("head_gain", 2.0), ("candidate_self_weight", -3.0)))
 SWEPT = dataclasses.replace(CFG, sweep=SWEEP)
 
 
@@ -248,9 +248,10 @@ def test_recipe_init_changes_only_what_it_names():
             np.testing.assert_array_equal(p[name][untouched],
                                           np.asarray(ref[f"{name}_l{layer}"])[untouched])
         np.testing.assert_allclose(p["weight_ih"], 1.5 * np.asarray(ref[f"weight_ih_l{layer}"]))
-        # each gate's block of weight_hh orthogonal x 1.2
+        # each gate's block of weight_hh orthogonal x 1.2, the candidate's (n) then -3 on
+        # its diagonal
         for g in range(3):
-            block = p["weight_hh"][g * h: (g + 1) * h]
+            block = p["weight_hh"][g * h: (g + 1) * h] + (3.0 * np.eye(h) if g == 2 else 0)
             np.testing.assert_allclose(block @ block.T, 1.44 * np.eye(h), atol=1e-5)
 
 

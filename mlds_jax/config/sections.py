@@ -46,6 +46,9 @@ class Recipe:
     memory_gate_bias: float = 0.0  # added to bias_hh's memory-gate part
     chrono_max: float = 0.0  # > 1: chrono init, memory-gate bias_hh = log U(1, chrono_max - 1)
     recurrent_gain: float = 0.0  # > 0: each gate's block of weight_hh orthogonal x this gain
+    # Added to the diagonal of weight_hh's candidate block (GRU n, LSTM g). Negative: a unit
+    # whose gate lets the candidate in takes the sign opposite to its own (a toggle).
+    candidate_self_weight: float = 0.0
     # PyTorch's uniform(+-1/sqrt(fan_in)) has variance 1/(3 fan_in): each layer shrinks its
     # signal ~3x in variance. These scale every weight_ih (input_gain) and every head weight
     # (head_gain) at init; sqrt(3) = 1.732 keeps the variance (LeCun).
@@ -84,6 +87,10 @@ class Recipe:
     # made a write with this chance (else it stays as drawn), so that more inverted steps
     # show a new byte inverted rather than the trigger's last byte held.
     trigger_window_writes: float = 0.0
+    # Stream only: each idle step of a training sequence becomes a write with this chance
+    # (validation keeps write_probability), so a 16-step sequence holds more of Parity's
+    # flips and SimpleXOR's toggles than a net can count.
+    extra_writes: float = 0.0
     # > 0: a net not converged this many epochs after its (re)start starts again from a new
     # init drawn from (seed, n, restart k), optimiser and curriculum from their start, unless
     # fewer than this many epochs are left before the cap (the last start trains to the cap).
@@ -137,7 +144,7 @@ class Recipe:
             raise ConfigError(f"recipe.curriculum_mix must be at most {MAX_MIX} (the last "
                               f"quarter of every epoch's sequences is at the net's level)")
         for name in ("start_idle_noise", "curriculum_mix", "trigger_fraction",
-                     "near_miss_fraction", "trigger_window_writes", "curriculum_pass"):
+                     "near_miss_fraction", "trigger_window_writes", "extra_writes", "curriculum_pass"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"recipe.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.trigger_fraction + self.near_miss_fraction > 1:
@@ -175,7 +182,7 @@ MAX_MIX = 0.75  # the curriculum's full-task share leaves the last quarter at th
 # Curriculum and stream-only values at which they do nothing (what "fixed" data requires).
 CURRICULUM_OFF = {"curriculum_epochs": 0.0, "curriculum_pass": 0.0, "start_length": 0.0, "start_popcount": 0.0,
                   "start_bit_density": 0.0, "start_data_bits": 0.0, "start_symbols": 0.0, "start_idle_noise": 1.0, "curriculum_mix": 0.0, "near_miss_fraction": 0.0,
-                  "trigger_window_writes": 0.0}
+                  "trigger_window_writes": 0.0, "extra_writes": 0.0}
 
 # Recipe values that do not change any array's shape: a [sweep] may vary them from net to
 # net, a [recipe.task.NAME] table per task, and the store records every net's values
@@ -186,7 +193,7 @@ SWEEPABLE = ("learning_rate", "warmup_epochs", "decay_half_life", "decay_floor",
              "head_gain", "max_epochs", "curriculum_epochs", "curriculum_pass",
              "start_length", "start_popcount", "start_bit_density", "start_data_bits",
              "start_symbols", "start_idle_noise", "curriculum_mix", "trigger_fraction", "near_miss_fraction",
-             "restart_epochs", "trigger_window_writes")
+             "restart_epochs", "trigger_window_writes", "extra_writes", "candidate_self_weight")
 # Per-net values that change the training data: with a fixed training set, one per dataset.
 DATA_VALUES = ("trigger_fraction",) + tuple(CURRICULUM_OFF)
 

@@ -36,6 +36,9 @@ what the pass is checked on):
   few inputs first (fewer table entries to learn), then of more.
 - ``start_idle_noise``: an idle step's data lines carry noise with this chance, else 0.
 - ``curriculum_mix``: this share of the sequences is drawn at level 1 whatever the epoch.
+
+Not a curriculum knob, but a training distribution too: ``extra_writes`` makes each idle
+step a write with that chance, whatever the level (validation keeps the SPEC's commands).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from mlds_jax.tasks.triggers import INVERTED_STEPS, MIN_TRIGGER_SEQUENCE, TRIGGE
 STREAM_TAG = 0x5354524D
 _STROBE, _DATA, _IDLE, _LEVEL, _TRIGGER, _AUTOMATON, _WRITE_P, _DENSITY, _SYMBOLS = range(9)
 _WINDOW = 9  # folded into the trigger's write key: the window's write draws
+_EXTRA = 10  # the extra writes' draws
 
 # Bytes in order of their number of set bits (stable within a count), and how many bytes
 # have at most w bits set: bytes with popcount <= w are BY_POPCOUNT[:AT_MOST[w]].
@@ -210,7 +214,7 @@ def _write_trigger(key, strobe, data, trigger, carries, near_miss, room, window_
 def machine_epoch(key, machine, n: int, length: int, write_probability: float,
                   write_probability_spread: float, curriculum: Curriculum, level,
                   trigger=None, trigger_fraction=0.0, near_miss_fraction=0.0,
-                  trigger_window_writes=0.0):
+                  trigger_window_writes=0.0, extra_writes=0.0):
     """One epoch of machine `machine`'s training data for one net: inputs (n, T, 9) and
     targets (n, T, 8) float32, targets -1 on steps the curriculum does not grade.
 
@@ -219,7 +223,9 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
     given) trigger shares pick what is drawn from it. A sequence carries the trigger if its
     draw u < trigger_fraction, a near miss if u < trigger_fraction + near_miss_fraction;
     targets follow the machine with the trigger, wherever one completes. Each idle step of
-    a written trigger's inverted window becomes a write with chance trigger_window_writes."""
+    a written trigger's inverted window becomes a write with chance trigger_window_writes.
+    Before the trigger, each idle step becomes a write with chance `extra_writes` (a key of
+    its own: every other draw is the same whatever its value)."""
     keys = {name: jax.random.fold_in(key, tag) for name, tag in [
         ("strobe", _STROBE), ("data", _DATA), ("idle", _IDLE), ("level", _LEVEL),
         ("trigger", _TRIGGER), ("write_p", _WRITE_P), ("density", _DENSITY)]}
@@ -227,6 +233,7 @@ def machine_epoch(key, machine, n: int, length: int, write_probability: float,
     p = write_probability + write_probability_spread * jax.random.uniform(
         keys["write_p"], (n, 1), minval=-1.0, maxval=1.0)
     strobe = jax.random.uniform(keys["strobe"], (n, length)) < p
+    strobe |= jax.random.uniform(jax.random.fold_in(key, _EXTRA), (n, length)) < extra_writes
     k_any, k_easy = jax.random.split(keys["data"])
     noise = jax.random.randint(k_any, (n, length), 0, 256)
     w = jnp.where(curriculum.start_popcount > 0,
