@@ -19,6 +19,10 @@ a random position of each sequence; its worst pin is the lower of the two. `--wi
 gets wrong where a new byte was written since the trigger (the output is that byte
 inverted) and where none was (the trigger's last byte, held, inverted), and the share of
 all other steps.
+`--flips` (Parity) asks whether a net flips its output on every write of an odd byte or only
+on the first few of a sequence (a counter that runs out): of the steps it enters right, the
+share it gets wrong, for flipping writes by how many flips came before in the sequence, and
+for the other writes and idle steps.
 DS3 stores: `benchmarks/ds3_replay.py`.
 
     python benchmarks/fresh_traces.py out/s19lf/base.zarr --nets status=capped --window
@@ -121,6 +125,40 @@ def window_breakdown(strobe: np.ndarray, data: np.ndarray, wrong: np.ndarray,
             for name, m in parts.items()}
 
 
+FLIP_BINS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 11), (12, None))
+
+
+def flip_breakdown(strobe: np.ndarray, data: np.ndarray, right: np.ndarray) -> dict:
+    """Parity: of the steps a net enters right (the previous step right, or the first step),
+    the share `right` (S, T) calls wrong: on writes of an odd byte (the output flips) by the
+    number of such writes before in the sequence (FLIP_BINS), on writes of an even byte,
+    and on idle steps; with the number of steps behind each."""
+    odd = (strobe == 1) & (data.sum(axis=2) % 2 == 1)
+    before = np.cumsum(odd, axis=1) - odd
+    entered = np.concatenate([np.ones((len(right), 1), bool), right[:, :-1]], axis=1)
+    parts = {f"flip {lo}+" if hi is None else f"flip {lo}-{hi}":
+             odd & (before >= lo) & (before <= (hi if hi is not None else before.max()))
+             for lo, hi in FLIP_BINS}
+    parts.update({"even write": (strobe == 1) & ~odd, "idle": strobe == 0})
+    return {name: (float((~right[m & entered]).mean()) if (m & entered).any() else float("nan"),
+                   int((m & entered).sum())) for name, m in parts.items()}
+
+
+def flip_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
+    """Per Parity net: `flip_breakdown` of pin 0 on fresh commands."""
+    import torch
+
+    strobe, data, xs = fresh_commands(sequences, length,
+                                      ds.config["recipe"]["write_probability"], seed)
+    want = machine_trace("ParityMachine", strobe, data)[..., 0] > 0
+    rows = []
+    for n in ids:
+        with torch.no_grad():
+            right = (ds.to_torch(int(n))(xs).numpy()[..., 0] > 0) == want
+        rows.append(dict(net=int(n), **flip_breakdown(strobe, data, right)))
+    return rows
+
+
 def window_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
     """Per DS2 net: `window_breakdown` of its wrong steps (any pin wrong) on fresh commands
     with the trigger written in."""
@@ -181,6 +219,13 @@ def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
     return rows
 
 
+def _pooled(rows: list[dict], name: str) -> tuple[float, int]:
+    """(share, steps) of column `name` over every row, weighted by each row's steps."""
+    steps = sum(r[name][1] for r in rows)
+    wrong = sum(r[name][0] * r[name][1] for r in rows if r[name][1])
+    return (wrong / steps if steps else float("nan"), steps)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("store")
@@ -192,6 +237,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--window", action="store_true",
                     help="DS2: where each net's errors on triggered traces lie")
+    ap.add_argument("--flips", action="store_true",
+                    help="Parity: each net's errors by the flips before them in the sequence")
     args = ap.parse_args()
 
     import mlds_jax
@@ -201,6 +248,19 @@ def main() -> None:
     args.length = args.length or 4 * int(ds.config["recipe"]["train_length"])
     if ds.config.get("automata"):
         raise SystemExit("a DS3 store: its fresh-trace check is benchmarks/ds3_replay.py")
+    if args.flips:
+        ids = [n for n in ids if ds.task_names[int(ds.task[n])] == "ParityMachine"]
+        if not ids:
+            raise SystemExit("--flips: no Parity net in the selection")
+        rows = flip_scores(ds, ids, args.sequences, args.length, args.seed)
+        names = [k for k in rows[0] if k != "net"]
+        print(f"{len(rows)} Parity nets ({args.nets}), {args.sequences} fresh sequences of "
+              f"{args.length} steps; of the steps a net enters right, the share it gets wrong")
+        print("| net | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for r in rows + [dict(net="all", **{k: _pooled(rows, k) for k in names})]:
+            print(f"| {r['net']} | " + " | ".join(f"{r[k][0]:.3f}" for k in names) + " |")
+        return
     if args.window:
         if not ds.config.get("trigger"):
             raise SystemExit("--window needs a DS2 store (one with a trigger)")

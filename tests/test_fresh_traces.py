@@ -60,3 +60,20 @@ def test_window_breakdown_on_a_hand_written_trace(fresh):
     got = fresh.window_breakdown(strobe, data, np.zeros((1, 10), bool), trigger)
     assert got["window_held"][1] == 3 and got["window_new"][1] == 3  # steps 3-5: new bytes
     assert got["elsewhere"][1] == 4
+
+
+def test_flip_breakdown_counts_flips_and_skips_steps_entered_wrong(fresh):
+    """`--flips` on a trace written out by hand: a net that flips its output on the first
+    two odd writes only (a counter of two), then holds."""
+    strobe = np.array([[1, 0, 1, 1, 1, 1, 0, 1]], np.uint8)
+    byte = np.array([[0x01, 0x55, 0x03, 0x07, 0x80, 0x0F, 0x00, 0xFE]])  # odd, ., even, odd x2
+    data = ((byte[..., None] >> np.arange(8)) & 1).astype(np.uint8)
+    want = fresh.machine_trace("ParityMachine", strobe, data)[0, :, 0]
+    np.testing.assert_array_equal(want, [1, 1, 1, 0, 1, 1, 1, 0])
+    counter = np.array([1, 1, 1, 0, 0, 0, 0, 1])  # flips twice, then misses the third
+    got = fresh.flip_breakdown(strobe, data, (counter == want)[None])
+    # Flips at steps 0 (none before), 3 (one before), 4 (two), 7 (three): 4 is wrong; 7 is
+    # entered wrong (steps 4-6 wrong), so it is not counted; 5 and 6 neither.
+    assert got["flip 0-1"] == (0.0, 2) and got["flip 2-3"] == (1.0, 1)
+    assert got["flip 4-5"][1] == 0 and np.isnan(got["flip 4-5"][0])
+    assert got["even write"] == (0.0, 1) and got["idle"] == (0.0, 1)  # steps 2; 1
