@@ -9,7 +9,7 @@ import click
 
 from mlds_jax.config.load import load_config
 from mlds_jax.config.sections import ConfigError
-from mlds_jax.store.schema import StoreError
+from mlds_jax.store.schema import ConfigMismatchError, StoreError
 from mlds_jax.train import compile_cache
 
 
@@ -61,7 +61,11 @@ def main():
               help="Override a config key, e.g. recipe.learning_rate=1e-3. Repeatable.")
 @click.option("--slots", type=click.IntRange(min=1), help="Nets trained at once (default: memory budget).")
 @click.option("--seed", type=click.IntRange(min=0), help="Dataset seed (overrides the config).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store made with another config.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store, whatever it holds.")
+@click.option("--replace-other-config", is_flag=True,
+              help="Replace an existing store only if it was made with another config (or "
+                   "another version's recipe values); resume it otherwise. For one writer: "
+                   "not with --ids or --engine ray.")
 @click.option("--ids", "id_range", metavar="A:B", callback=lambda c, p, v: _id_range(v),
               help="Train only nets A..B-1 of the tier (for job arrays): A and B multiples of "
                    "the store's chunk rows, or B past the end.")
@@ -77,8 +81,8 @@ def main():
 @click.option("--worker-gpus", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="--engine ray: GPUs each worker reserves (1: one worker per GPU).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range, engine, address,
-             workers, worker_cpus, worker_gpus, progress):
+def generate(config, out, per_task, overrides, slots, seed, overwrite, replace_other_config,
+             id_range, engine, address, workers, worker_cpus, worker_gpus, progress):
     """Train the first PER_TASK nets of every task of CONFIG into the store at --out.
 
     CONFIG is a name from configs/ (ds1, smoke) or a TOML file. Rerunning the same command
@@ -152,6 +156,9 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
         in_training = f"{running} in training (up to epoch {max_epoch}/{cfg.recipe.max_epochs})"
         show()
 
+    if replace_other_config and (id_range is not None or engine == "ray"):
+        raise _Fail("--replace-other-config is for one writer: other writers of the store "
+                    "would lose their work; use --overwrite once, before they start")
     if engine == "ray":
         if id_range is not None:
             raise _Fail("--ids is for plain runs (job arrays); --engine ray shares out the "
@@ -161,10 +168,19 @@ def generate(config, out, per_task, overrides, slots, seed, overwrite, id_range,
                                 worker_gpus=worker_gpus)
     try:
         with stop_signals.installed():
-            report = gen.generate(cfg, out, per_task, ids=id_range, overwrite=overwrite,
-                                  on_start=on_start, on_progress=on_progress,
-                                  on_step=on_step, on_repair=on_repair, on_wait=on_wait,
-                                  on_note=lambda line: click.echo(line, err=True))
+            def run(replace):
+                return gen.generate(cfg, out, per_task, ids=id_range, overwrite=replace,
+                                    on_start=on_start, on_progress=on_progress,
+                                    on_step=on_step, on_repair=on_repair, on_wait=on_wait,
+                                    on_note=lambda line: click.echo(line, err=True))
+            try:
+                report = run(overwrite)
+            except ConfigMismatchError as e:
+                if not replace_other_config:
+                    raise
+                click.echo(f"{str(e).split('; ')[0]}: replacing it (--replace-other-config)",
+                           err=True)
+                report = run(True)
     except Interrupted as e:
         if bar is not None:
             bar.close()

@@ -274,6 +274,42 @@ def test_store_made_with_another_config_is_refused(seeded_store):
     still_there(seeded_store)
 
 
+def test_replace_other_config_resumes_its_own_store_and_replaces_another(tmp_path):
+    """`make demo`'s flag, as the demo runs it: a subprocess in the store's directory with a
+    relative --out. The same config resumes (nothing retrained); another config (a recipe
+    changed since) replaces the store; the refusal without the flag stays as it was."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "mlds_jax.cli", "generate", "smoke",
+                               "--out", "demo.zarr", "--per-task", "1", "--no-progress", *args],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    first = run("--replace-other-config")
+    assert first.returncode == 0, first.stderr
+    assert "(5 trained now" in first.stdout
+    before = read_all(tmp_path / "demo.zarr")
+    again = run("--replace-other-config")
+    assert again.returncode == 0 and "(0 trained now" in again.stdout, again.stderr
+    assert "replacing" not in again.stderr
+    np.testing.assert_array_equal(read_all(tmp_path / "demo.zarr")["weights"], before["weights"])
+    refused = run("--set", "recipe.learning_rate=0.01")
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr
+    other = run("--set", "recipe.learning_rate=0.01", "--replace-other-config")
+    assert other.returncode == 0, other.stderr
+    assert "recipe.learning_rate" in other.stderr and "replacing it" in other.stderr
+    assert "(5 trained now" in other.stdout
+    ds = mlds_jax.open_dataset(tmp_path / "demo.zarr")
+    assert ds.config["recipe"]["learning_rate"] == 0.01
+    assert (np.asarray(ds.weights[:]) != before["weights"]).any()
+
+
+def test_replace_other_config_is_for_one_writer(seeded_store):
+    lines = fails(["generate", "smoke", "--out", str(seeded_store), "--per-task", "1",
+                   "--set", "recipe.learning_rate=0.01", "--replace-other-config",
+                   "--ids", "0:64"], "--replace-other-config", "one writer")
+    assert len(lines) == 1
+    still_there(seeded_store)
+
+
 def test_unwritable_path(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("not a directory")
