@@ -33,11 +33,14 @@ import numpy as np
 import optax
 
 TASK = "ParityMachine"
+NOISE_KEY = 1 << 20  # folded into a net's order key, + epoch: its hidden-state noise
 
 
-def forward(net, layout, flat, xs, h0):
+def forward(net, layout, flat, xs, h0, noise=None):
     """One DS1 net (GRU stack + tanh head): xs (B, T, I) from hidden state h0 (B, L, H) ->
-    logits (B, T, O) and the last hidden state (B, L, H)."""
+    logits (B, T, O) and the last hidden state (B, L, H). `noise` (L, T, H, B), if given,
+    is added to each layer's new hidden state at every step (the next step and the layer
+    above see the noisy state)."""
     from mlds_jax.train import models
 
     p = models.unflatten_params(flat, layout)
@@ -50,10 +53,12 @@ def forward(net, layout, flat, xs, h0):
               + rnn[f"bias_ih_l{layer}"][None, :, None])
 
         def cell(h, x, w_hh=w_hh, b_hh=b_hh):
-            h = models.gru_cell(w_hh, b_hh, h, x)
+            xi_t, eps = x
+            h = models.gru_cell(w_hh, b_hh, h, xi_t) + eps
             return h, h
 
-        h_last, hs = jax.lax.scan(cell, h0[:, layer].T, xi)
+        eps = jnp.zeros((xi.shape[0], net.hidden_size, xi.shape[2])) if noise is None else noise[layer]
+        h_last, hs = jax.lax.scan(cell, h0[:, layer].T, (xi, eps))
         last.append(h_last.T)
         y = jnp.moveaxis(hs, 0, 1)  # (H, T, B)
     widths = (net.hidden_size, *net.head_sizes, net.output_size)
@@ -83,6 +88,9 @@ def main() -> None:
     ap.add_argument("--init-from", help="a DS1 store: start from its Parity nets' weights")
     ap.add_argument("--lr", type=float, default=3e-3, help="with --init-from: constant Adam rate")
     ap.add_argument("--control", action="store_true", help="also every net at q = 1")
+    ap.add_argument("--noise", type=float, nargs="+",
+                    help="Gaussian noise of this size added to every hidden state at every "
+                         "training step (one arm per value)")
     args = ap.parse_args()
     if not 0 < args.q <= 1 or args.cap % args.every:
         ap.error("--q must be in (0, 1] and --cap a multiple of --every")
@@ -98,11 +106,11 @@ def main() -> None:
     ids = np.arange(args.nets) * cfg.num_tasks + cfg.tasks.index(TASK)
     machine = stream.MACHINES.index(TASK)
 
-    def loss_fn(flat, xs, ys, h0):  # the trainer's loss (ungraded steps add 0)
-        logits, last = forward(net, layout, flat, xs, h0)
+    def loss_fn(flat, xs, ys, h0, noise):  # the trainer's loss (ungraded steps add 0)
+        logits, last = forward(net, layout, flat, xs, h0, noise)
         return models.mean_loss("bce", logits, ys), last
 
-    def one_epoch(st, carry_h, carry_p, q, e):
+    def one_epoch(st, carry_h, carry_p, q, sigma, e):
         key = stream.epoch_key(cfg.seed, st.task, e)
         cur = stream.Curriculum.from_hyper(st.hyper)
         xs, ys = stream.machine_epoch(key, machine, S, T, r.write_probability, 0.0, cur,
@@ -113,21 +121,24 @@ def main() -> None:
         opt = step._optimizer(cfg, st.hyper)
         order = jax.random.permutation(jax.random.fold_in(st.order_key, e), S).reshape(-1, B)
 
-        def minibatch(c, idx):
+        def minibatch(c, batch):
             params, opt_state, h_new = c
+            idx, k = batch
+            noise = sigma * jax.random.normal(
+                jax.random.fold_in(jax.random.fold_in(st.order_key, NOISE_KEY + e), k), (L, T, H, B))
             (loss, last), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, xs[idx], ys[idx], h0[idx])
+                params, xs[idx], ys[idx], h0[idx], noise)
             updates, opt_state = opt.update(g, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state, h_new.at[idx].set(last)), loss
 
         (params, opt_state, h_new), losses = jax.lax.scan(
-            minibatch, (st.params, st.opt_state, h0), order)
+            minibatch, (st.params, st.opt_state, h0), (order, jnp.arange(len(order))))
         return st.replace(params=params, opt_state=opt_state), h_new, p_last, losses.mean()
 
     @jax.jit
-    def epochs(st, carry_h, carry_p, qs, e0):
+    def epochs(st, carry_h, carry_p, qs, sigmas, e0):
         def body(c, e):
-            *c, loss = jax.vmap(one_epoch, in_axes=(0, 0, 0, 0, None))(*c, qs, e)
+            *c, loss = jax.vmap(one_epoch, in_axes=(0, 0, 0, 0, 0, None))(*c, qs, sigmas, e)
             return tuple(c), loss
         (st, carry_h, carry_p), loss = jax.lax.scan(
             body, (st, carry_h, carry_p), e0 + jnp.arange(args.every))
@@ -136,14 +147,16 @@ def main() -> None:
     rng = np.random.default_rng(4242)  # fresh validation commands, the full task
     strobe = (rng.random((256, 128)) < r.write_probability).astype(np.float32)
     data = rng.integers(0, 2, (256, 128, 8)).astype(np.float32)
-    want = np.cumsum(strobe * (data.sum(-1) % 2), axis=1) % 2
+    odd = (strobe == 1) & (data.sum(-1) % 2 == 1)
+    want = np.cumsum(odd, axis=1) % 2
+    late = odd & (np.cumsum(odd, axis=1) - odd >= 8)  # flips with 8 or more before them
     vx = jnp.asarray(np.concatenate([strobe[..., None], data], -1))
 
     @jax.jit
     def validate(params):
         def one(flat):
             logits, _ = forward(net, layout, flat, vx, jnp.zeros((256, L, H)))
-            return ((logits[..., 0] > 0) == (jnp.asarray(want) > 0.5)).mean()
+            return (logits[..., 0] > 0) == (jnp.asarray(want) > 0.5)
         return jax.vmap(one)(params)
 
     st = jax.vmap(lambda n: step.init_net(cfg, n))(jnp.asarray(ids, jnp.int32))
@@ -158,25 +171,39 @@ def main() -> None:
         flat = jnp.asarray(np.asarray(ds.weights[ids]), jnp.float32)
         st = st.replace(params=flat, hyper=hyper, opt_state=jax.vmap(
             lambda f, h: step._optimizer(cfg, h).init(f))(flat, hyper))
-    qs = jnp.full((len(ids),), args.q)
-    arms = [(f"q = {args.q}", slice(0, len(ids)))]
+    # Arms: q with each --noise (0 unless given), then the control (q = 1, no noise).
+    noises = args.noise or [0.0]
+    arms, qs, sigmas = [], [], []
+    for sigma in noises:
+        arms.append((f"q = {args.q}" + (f", noise {sigma}" if sigma else ""),
+                     slice(len(qs), len(qs) + len(ids))))
+        qs += [args.q] * len(ids)
+        sigmas += [sigma] * len(ids)
     if args.control:
-        st = jax.tree.map(lambda x: jnp.concatenate([x, x]), st)
-        qs = jnp.concatenate([qs, jnp.ones_like(qs)])
-        arms.append(("q = 1 (control)", slice(len(ids), 2 * len(ids))))
+        arms.append(("q = 1 (control)", slice(len(qs), len(qs) + len(ids))))
+        qs += [1.0] * len(ids)
+        sigmas += [0.0] * len(ids)
+    copies = len(qs) // len(ids)
+    st = jax.tree.map(lambda x: jnp.concatenate([x] * copies), st)
+    qs, sigmas = jnp.asarray(qs), jnp.asarray(sigmas)
     carry_h = jnp.zeros((len(qs), S, L, H))
     carry_p = jnp.zeros((len(qs), S))
     t0, first = time.time(), {}
     for e0 in range(0, args.cap, args.every):
-        st, carry_h, carry_p, loss = epochs(st, carry_h, carry_p, qs, e0)
-        acc, loss = np.asarray(validate(st.params)), np.asarray(loss)
+        st, carry_h, carry_p, loss = epochs(st, carry_h, carry_p, qs, sigmas, e0)
+        right, loss = np.asarray(validate(st.params)), np.asarray(loss)
+        acc = right.mean(axis=(1, 2))
+        entered = np.concatenate([np.ones(right.shape[:2] + (1,), bool), right[..., :-1]], -1)
+        late_wrong = [(~r[late & e]).mean() for r, e in zip(right, entered)]
         for name, part in arms:
             a = acc[part]
             for i in np.flatnonzero(a >= cfg.recipe.threshold):
                 first.setdefault((name, int(ids[i])), e0 + args.every)
             print(f"epoch {e0 + args.every:5d} {time.time() - t0:6.0f} s  {name:16s} "
                   f"train loss median {np.median(loss[part]):.4f}  128-step accuracy median "
-                  f"{np.median(a):.3f} best {a.max():.4f}  at the threshold {int((a >= cfg.recipe.threshold).sum())}"
+                  f"{np.median(a):.3f} best {a.max():.4f}  flips after 8 wrong median "
+                  f"{np.median(late_wrong[part]):.3f}  at the threshold "
+                  f"{int((a >= cfg.recipe.threshold).sum())}"
                   f"/{len(a)} (ever {sum(1 for k in first if k[0] == name)})", flush=True)
 
 
