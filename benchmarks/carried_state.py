@@ -20,6 +20,13 @@ state, the worst pin being Parity's pin 0.
 `--init-from STORE` starts from the stored final weights of the store's first `--nets`
 Parity nets (fresh Adam at a constant `--lr`, the full task); `--control` trains a copy of
 every net with a fresh start every epoch (q = 1: the trainer's own data) beside them.
+`--noise S [S ...]` trains one copy of the nets per value with Gaussian noise of that size
+added to every layer's hidden state at every training step (never in validation); each
+report line also gives the median share of flips after the eighth of a validation sequence
+that a net misses (a counter runs out there, a flip-flop does not: fresh_traces.py --flips).
+
+    python benchmarks/carried_state.py --init-from out/s19rel/base.zarr --nets 20 --cap 600 \\
+        --every 50 --q 1 --noise 0.02 0.05 --control
 """
 
 from __future__ import annotations
@@ -194,7 +201,8 @@ def main() -> None:
         right, loss = np.asarray(validate(st.params)), np.asarray(loss)
         acc = right.mean(axis=(1, 2))
         entered = np.concatenate([np.ones(right.shape[:2] + (1,), bool), right[..., :-1]], -1)
-        late_wrong = [(~r[late & e]).mean() for r, e in zip(right, entered)]
+        late_wrong = np.array([(~r[late & e]).mean() if (late & e).any() else np.nan
+                               for r, e in zip(right, entered)])
         for name, part in arms:
             a = acc[part]
             for i in np.flatnonzero(a >= cfg.recipe.threshold):
@@ -202,7 +210,7 @@ def main() -> None:
             print(f"epoch {e0 + args.every:5d} {time.time() - t0:6.0f} s  {name:16s} "
                   f"train loss median {np.median(loss[part]):.4f}  128-step accuracy median "
                   f"{np.median(a):.3f} best {a.max():.4f}  flips after 8 wrong median "
-                  f"{np.median(late_wrong[part]):.3f}  at the threshold "
+                  f"{np.nanmedian(late_wrong[part]):.3f}  at the threshold "
                   f"{int((a >= cfg.recipe.threshold).sum())}"
                   f"/{len(a)} (ever {sum(1 for k in first if k[0] == name)})", flush=True)
 
