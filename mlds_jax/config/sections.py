@@ -144,7 +144,8 @@ class Recipe:
             raise ConfigError(f"recipe.curriculum_mix must be at most {MAX_MIX} (the last "
                               f"quarter of every epoch's sequences is at the net's level)")
         for name in ("start_idle_noise", "curriculum_mix", "trigger_fraction",
-                     "near_miss_fraction", "trigger_window_writes", "extra_writes", "curriculum_pass"):
+                     "near_miss_fraction", "trigger_window_writes", "extra_writes",
+                     "curriculum_pass"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"recipe.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.trigger_fraction + self.near_miss_fraction > 1:

@@ -148,7 +148,8 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
     bias_ih) when `chrono_max` > 2, each gate's block of weight_hh orthogonal x
     `recurrent_gain` when that is > 0, then `candidate_self_weight` added to the diagonal of
     its candidate block (GRU n, LSTM g: rows 2H:3H); every weight_ih times `input_gain`,
-    every head weight times `head_gain`. The defaults (0, and gains 1) leave the tensors bitwise unchanged."""
+    every head weight times `head_gain`. The defaults (0, and gains 1) leave the tensors
+    bitwise unchanged."""
     if "rnn" not in params:  # no recurrent layers (DS4's CNN): PyTorch's init as it is
         return params
     net = cfg.network
@@ -165,8 +166,8 @@ def recipe_init(cfg: DatasetConfig, params: dict, hyper: dict[str, jax.Array], k
                                 + hyper["memory_gate_bias"])
         b_ih = b_ih.at[mem].set(jnp.where(use_chrono, 0.0, b_ih[mem]))
         orth = jax.vmap(lambda k: haar_orthogonal(k, h))(jax.random.split(k_orth, gates))
-        w_hh = jnp.where(hyper["recurrent_gain"] > 0, hyper["recurrent_gain"] * orth.reshape(-1, h),
-                         rnn[f"weight_hh_l{layer}"])
+        w_hh = jnp.where(hyper["recurrent_gain"] > 0,
+                         hyper["recurrent_gain"] * orth.reshape(-1, h), rnn[f"weight_hh_l{layer}"])
         rnn[f"weight_hh_l{layer}"] = w_hh.at[2 * h:3 * h].add(
             hyper["candidate_self_weight"] * jnp.eye(h, dtype=w_hh.dtype))
         rnn[f"bias_ih_l{layer}"], rnn[f"bias_hh_l{layer}"] = b_ih, b_hh
