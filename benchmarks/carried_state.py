@@ -94,6 +94,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=100, help="epochs between validations")
     ap.add_argument("--init-from", help="a DS1 store: start from its Parity nets' weights")
     ap.add_argument("--lr", type=float, default=3e-3, help="with --init-from: constant Adam rate")
+    ap.add_argument("--length", type=int,
+                    help="training sequence length (default the release recipe's; validation "
+                         "stays 128 steps)")
     ap.add_argument("--control", action="store_true", help="also every net at q = 1")
     ap.add_argument("--noise", type=float, nargs="+",
                     help="Gaussian noise of this size added to every hidden state at every "
@@ -105,7 +108,8 @@ def main() -> None:
     from mlds_jax.config.load import load_config
     from mlds_jax.train import models, step, stream
 
-    cfg = load_config("ds1", [f"seed={args.seed}"])
+    cfg = load_config("ds1", [f"seed={args.seed}"]
+                      + ([f"recipe.train_length={args.length}"] if args.length else []))
     net, r = cfg.network, cfg.recipe
     layout = models.param_layout(net)
     S, T, B = r.train_sequences, r.train_length, r.batch_size
