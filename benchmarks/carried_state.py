@@ -38,9 +38,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from fresh_traces import flip_breakdown, pooled
 
 TASK = "ParityMachine"
 NOISE_KEY = 1 << 20  # folded into a net's order key, + epoch: its hidden-state noise
+
+
+def _late_flips_wrong(breakdown: dict) -> float:
+    """The share of flips with 8 or more before them that a net misses, pooled over
+    `fresh_traces.flip_breakdown`'s bins from 8 on (nan where it met none)."""
+    return pooled([{"late": breakdown[k]} for k in ("flip 8-11", "flip 12+")], "late")[0]
 
 
 def forward(net, layout, flat, xs, h0, noise=None):
@@ -158,9 +165,7 @@ def main() -> None:
     rng = np.random.default_rng(4242)  # fresh validation commands, the full task
     strobe = (rng.random((256, 128)) < r.write_probability).astype(np.float32)
     data = rng.integers(0, 2, (256, 128, 8)).astype(np.float32)
-    odd = (strobe == 1) & (data.sum(-1) % 2 == 1)
-    want = np.cumsum(odd, axis=1) % 2
-    late = odd & (np.cumsum(odd, axis=1) - odd >= 8)  # flips with 8 or more before them
+    want = np.cumsum((strobe == 1) & (data.sum(-1) % 2 == 1), axis=1) % 2
     vx = jnp.asarray(np.concatenate([strobe[..., None], data], -1))
 
     @jax.jit
@@ -204,9 +209,7 @@ def main() -> None:
         st, carry_h, carry_p, loss = epochs(st, carry_h, carry_p, qs, sigmas, e0)
         right, loss = np.asarray(validate(st.params)), np.asarray(loss)
         acc = right.mean(axis=(1, 2))
-        entered = np.concatenate([np.ones(right.shape[:2] + (1,), bool), right[..., :-1]], -1)
-        late_wrong = np.array([(~r[late & e]).mean() if (late & e).any() else np.nan
-                               for r, e in zip(right, entered)])
+        late_wrong = np.array([_late_flips_wrong(flip_breakdown(strobe, data, r)) for r in right])
         for name, part in arms:
             a = acc[part]
             for i in np.flatnonzero(a >= cfg.recipe.threshold):

@@ -137,7 +137,7 @@ def flip_breakdown(strobe: np.ndarray, data: np.ndarray, right: np.ndarray) -> d
     before = np.cumsum(odd, axis=1) - odd
     entered = np.concatenate([np.ones((len(right), 1), bool), right[:, :-1]], axis=1)
     parts = {f"flip {lo}+" if hi is None else f"flip {lo}-{hi}":
-             odd & (before >= lo) & (before <= (hi if hi is not None else before.max()))
+             odd & (before >= lo) & (before <= (np.inf if hi is None else hi))
              for lo, hi in FLIP_BINS}
     parts.update({"even write": (strobe == 1) & ~odd, "idle": strobe == 0})
     return {name: (float((~right[m & entered]).mean()) if (m & entered).any() else float("nan"),
@@ -219,7 +219,7 @@ def fresh_scores(ds, ids, sequences: int, length: int, seed: int) -> list[dict]:
     return rows
 
 
-def _pooled(rows: list[dict], name: str) -> tuple[float, int]:
+def pooled(rows: list[dict], name: str) -> tuple[float, int]:
     """(share, steps) of column `name` over every row, weighted by each row's steps."""
     steps = sum(r[name][1] for r in rows)
     wrong = sum(r[name][0] * r[name][1] for r in rows if r[name][1])
@@ -258,7 +258,7 @@ def main() -> None:
               f"{args.length} steps; of the steps a net enters right, the share it gets wrong")
         print("| net | " + " | ".join(names) + " |")
         print("|---|" + "---|" * len(names))
-        for r in rows + [dict(net="all", **{k: _pooled(rows, k) for k in names})]:
+        for r in rows + [dict(net="all", **{k: pooled(rows, k) for k in names})]:
             print(f"| {r['net']} | " + " | ".join(f"{r[k][0]:.3f}" for k in names) + " |")
         return
     if args.window:
