@@ -392,3 +392,74 @@ def test_a_restarted_net_is_adam_from_its_stored_init_over_its_last_window(runs,
             opt.step()
     flat = torch.cat([p.detach().flatten() for p in net.state_dict().values()]).numpy()
     assert np.abs(flat - res["weights"][n]).max() <= 1e-4
+
+
+# --- the validation screen ------------------------------------------------------------------
+
+def test_validation_bound_counts_the_unscreened_sequences_as_right(runs, data):
+    """The screen's columns, recomputed with PyTorch on a trained net: its first eighth of
+    the validation sequences as they are, the other seven eighths all right; and never
+    below the full validation's."""
+    n, r = 2, RECIPE
+    flat = runs[0][1]["weights"][n]
+    s = step.screen_sequences(CFG)
+    assert s == r.val_sequences // 8 == 4
+    t = n % CFG.num_tasks
+    got = np.asarray(step.validation_bound(CFG, population.Population(CFG, data, 1).data,
+                                           jnp.asarray(flat), jnp.int32(t)))
+    with torch.no_grad():
+        logits = torch_net(CFG.network, flat)(torch.tensor(data.val_inputs[t])).numpy()
+    right = (logits > 0) == (data.val_targets[t] > 0.5)  # (S, T, 8)
+    right[s:] = True
+    want = [right.mean(), right.mean(axis=(0, 1)).min(), right.all(axis=(1, 2)).mean()]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert (got >= runs[0][1]["val_accuracy"][n]).all()
+    assert got[1] < 1.0  # the screened sequences hold errors: the bound is not trivially 1
+
+
+@pytest.mark.parametrize("need", [[], [5], [0, 9], list(range(16))])
+def test_validated_step_validates_exactly_the_slots_that_need_it(runs, data, need):
+    """Slots gathered (one or two of 16: an eighth is two), all slots, or none: each asked
+    row holds that slot's own full validation, the others NaN."""
+    pop = population.Population(CFG, data, 16)
+    state = pop._empty(jnp.arange(16, dtype=jnp.int32), {})
+    asked = np.isin(np.arange(16), need)
+    got = np.asarray(jax.jit(population.validated_step, static_argnums=0)(
+        CFG, pop.data, state, jnp.asarray(asked)))
+    want = np.asarray(jax.vmap(step.validate, in_axes=(None, None, 0))(CFG, pop.data, state))
+    np.testing.assert_allclose(got[asked], want[asked], atol=1e-6)  # other fusions: 1 ulp
+    assert np.isnan(got[~asked]).all()
+
+
+def test_screened_population_stops_every_net_where_full_validation_does(monkeypatch):
+    """The release recipe's machines with the latches' threshold raised to 0.99 on small
+    sets: nets converge at different checks and others run to the cap. Screened (4 slots,
+    refilled) or validated in full at every check (6 slots), every net ends the same, while
+    the screen sends far fewer checks to the full validation."""
+    cfg = load_config("ds1", [
+        'tasks=["SingleDirectMachine", "SingleInvertMachine", "EightBitMachine"]',
+        "recipe.train_sequences=256", "recipe.train_length=12", "recipe.val_sequences=32",
+        "recipe.val_length=24", "recipe.check_every=2", "recipe.max_epochs=24",
+        "recipe.threshold=0.99", "run.val_batch=16", "recipe.task.EightBitMachine.max_epochs=24",
+        "recipe.task.EightBitMachine.trigger_fraction=0.1"])
+    data = task_data(cfg)
+    asked = []
+    validated_step = population.validated_step
+
+    def spy(cfg, data, state, need):
+        jax.debug.callback(lambda n: asked.append(int(n.sum())), need)
+        return validated_step(cfg, data, state, need)
+
+    monkeypatch.setattr(population, "validated_step", spy)
+    screened = collect(population.Population(cfg, data, 4).run(range(6)), 6)
+    screened_asked, asked[:] = sum(asked), []
+    full = collect(population.Population(cfg, data, 6, screen=False).run(range(6)), 6)
+    assert set(full["status"].tolist()) == {step.CONVERGED, step.CAPPED}
+    assert len(set(full["epochs"][full["status"] == step.CONVERGED].tolist())) >= 2
+    for key in ("status", "epochs"):
+        np.testing.assert_array_equal(screened[key], full[key])
+    np.testing.assert_array_equal(screened["val_accuracy"], full["val_accuracy"])
+    assert np.abs(screened["weights"] - full["weights"]).max() <= 1e-5
+    # Every net is checked every 2 epochs; the screen passes only the checks near a stop.
+    assert sum(asked) == (full["epochs"] // 2).sum()
+    assert screened_asked <= sum(asked) // 2

@@ -2,7 +2,12 @@
 
 The one-net math is in `mlds_jax.train.step`. `Population.__init__` is the one place that
 adds the slot axis with `vmap` (with several devices, split over them by `shard_map`) and
-wraps the step in `jit` (state donated). The host loop in `Population.run` only decides
+wraps the step in `jit` (state donated). In the step every slot trains, then every
+checked slot is screened on an eighth of its validation sequences (`step.validation_bound`)
+and only the slots the screen cannot rule out get the full validation (`validated_step`):
+validation was a quarter of a check interval's time, and almost every check of a run is
+of a net far from its threshold. The outcome is that of validating every net in full. The
+host loop in `Population.run` only decides
 which net id goes into which slot and hands finished nets back to the caller, so neither
 the slot, nor M, nor the neighbours, nor an interruption changes what net n sees.
 """
@@ -28,9 +33,14 @@ from mlds_jax.train.step import (
     RUNNING,
     NetState,
     device_data,
+    advance,
     init_net,
+    needs_validation,
     net_arrays,
-    train_chunk,
+    screen_sequences,
+    settle,
+    validate,
+    validation_bound,
 )
 
 
@@ -52,6 +62,34 @@ class FinishedNets:
 
     def __len__(self) -> int:
         return len(self.net_id)
+
+
+def validated_step(cfg: DatasetConfig, data, state: NetState, need: jax.Array) -> jax.Array:
+    """(M, A) full validation accuracies of the slots where `need` (M,) holds (`validate`);
+    the other rows are NaN and unused. The screen passes few nets at a time, so up to an
+    eighth of the slots are gathered and validated alone; more than that, and every slot
+    is validated; none, and nothing is."""
+    slots = need.shape[0]
+    few = max(1, slots // 8)
+    one = jax.vmap(functools.partial(validate, cfg), in_axes=(None, 0))
+
+    def gathered(state):
+        idx = jnp.flatnonzero(need, size=few, fill_value=slots)
+        acc = one(data, jax.tree.map(lambda a: a[jnp.minimum(idx, slots - 1)], state))
+        return jnp.full((slots, acc.shape[1]), jnp.nan, acc.dtype).at[idx].set(
+            acc, mode="drop")
+
+    def everyone(state):
+        return jnp.where(need[:, None], one(data, state), jnp.nan)
+
+    def nobody(state):
+        return jnp.full((slots, len(cfg.accuracy_names)), jnp.nan, jnp.float32)
+
+    if few >= slots:
+        return jax.lax.cond(need.any(), everyone, nobody, state)
+    count = need.sum()
+    branch = (count > 0).astype(jnp.int32) + (count > few).astype(jnp.int32)
+    return jax.lax.switch(branch, (nobody, gathered, everyone), state)
 
 
 def bytes_per_slot(cfg: DatasetConfig, val_batch: int) -> int:
@@ -120,10 +158,12 @@ class Population:
     """M slots trained together. Compiles its step once per population size."""
 
     def __init__(self, cfg: DatasetConfig, data: TaskData | Sequence[TaskData], slots: int,
-                 devices: Sequence[jax.Device] | None = None):
+                 devices: Sequence[jax.Device] | None = None, screen: bool = True):
         """`devices`: where the slots live, by default every local device. With several,
         the slot axis is split evenly over them (`slots` rounded up to a multiple; the
-        extra slots stay EMPTY) and every device holds a copy of the task data."""
+        extra slots stay EMPTY) and every device holds a copy of the task data.
+        `screen=False` validates every checked net in full (the same outcome, at more cost:
+        `validated_step`)."""
         devices = list(devices or jax.local_devices())
         self.cfg = cfg
         self.slots = round_slots(slots, len(devices))
@@ -139,12 +179,18 @@ class Population:
             # 2.5x slower (seconds per population size); each takes microseconds to run.
             return jax.lax.map(lambda a: init_net(cfg, *a), (net_ids, task_params))
 
-        def slot_step(state, fresh, data):
-            return train_chunk(cfg, data, state, fresh)
-
         def device_step(state, new_ids, task_params, data):
             fresh = init_nets(new_ids, task_params)
-            return jax.vmap(slot_step, in_axes=(0, 0, None))(state, fresh, data)
+            state, checked = jax.vmap(functools.partial(advance, cfg), in_axes=(None, 0, 0))(
+                data, state, fresh)
+            if screen and screen_sequences(cfg):
+                bound = jax.vmap(validation_bound, in_axes=(None, None, 0, 0))(
+                    cfg, data, state.params, state.task)
+                need = jax.vmap(functools.partial(needs_validation, cfg))(state, checked, bound)
+            else:
+                need = checked
+            acc = validated_step(cfg, data, state, need)
+            return jax.vmap(functools.partial(settle, cfg))(state, checked, need, acc)
 
         def per_device(f, *in_specs):
             """`f` on each device's own slots (a block of the slot axis); one device: `f`.

@@ -1,7 +1,9 @@
 """The math of one net's training: its state, its initialisation, one epoch, validation and
 the stop rule. Everything here is written for ONE net (`NetState` holds one net's params,
-Adam state, counters and flags; `train_chunk` advances it `check_every` epochs and then
-validates it); `mlds_jax.train.population` adds the slot axis with `vmap` and compiles it.
+Adam state, counters and flags; `advance` trains it `check_every` epochs, `validation_bound`
+screens it, `validate` runs its full validation, `settle` applies the stop rule;
+`train_chunk` is the four in a row); `mlds_jax.train.population` adds the slot axis with
+`vmap`, chooses which slots the full validation runs on, and compiles it.
 
 Randomness of net n derives from `(seed, n)` alone: `fold_in(key(seed), n)` split by
 purpose into its init key and its data-order key; epoch e's minibatch order is
@@ -267,12 +269,12 @@ def _minibatch(cfg: DatasetConfig, data, state: NetState, epoch_data, idx):
     return inputs[idx], targets[idx]
 
 
-def _evaluate(cfg: DatasetConfig, data, state: NetState) -> jax.Array:
+def _evaluate(cfg: DatasetConfig, data, params, task, task_params) -> jax.Array:
     """(A,) `cfg.accuracy_names` of one net: `validation_accuracy` (sequences), or
     vision.metrics on the test split (DS4)."""
     if cfg.images is not None:
-        return vision.metrics(cfg.network, data, state.params, state.task_params)
-    return validation_accuracy(cfg, data, state.params, state.task)
+        return vision.metrics(cfg.network, data, params, task_params)
+    return validation_accuracy(cfg, data, params, task)
 
 
 def _whole_net_kernel(cfg: DatasetConfig) -> bool:
@@ -413,60 +415,115 @@ def _train_epoch(cfg: DatasetConfig, data: TrainData, state: NetState) -> NetSta
     )
 
 
-def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.Array:
-    """(A,) `cfg.accuracy_names` of one net on its task's validation sets, `run.val_batch`
-    sequences at a time: per set the mean accuracy (bits, or DS3 symbols), then (bits) the
-    worst pin's accuracy, then the share of sequences with every output right."""
+def _right_counts(cfg: DatasetConfig, data: TrainData, flat, task, a: int, idx):
+    """Right answers of one net on validation sequences `idx` of set `a`: per output (O,)
+    or (1,) the steps right, and the sequences with every output right."""
+    right = _right(cfg, _predict(cfg, flat, data.val_inputs[task, a, idx]),
+                   data.val_targets[task, a, idx])  # (len(idx), Tv, O or 1)
+    return right.sum((0, 1)), right.all((1, 2)).sum()
+
+
+def _accuracy_columns(cfg: DatasetConfig, counts) -> jax.Array:
+    """(A,) `cfg.accuracy_names` from per validation set (steps right per output, sequences
+    entirely right) out of all `val_sequences` x `val_length`: per set the mean accuracy
+    (bits, or DS3 symbols), then (bits) the worst pin's accuracy, then the share of
+    sequences with every output right."""
     r = cfg.recipe
     n = r.val_sequences
-    vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
-
-    def counts(a, idx):
-        right = _right(cfg, _predict(cfg, flat, data.val_inputs[task, a, idx]),
-                       data.val_targets[task, a, idx])  # (vb, Tv, O or 1)
-        return right.sum((0, 1)), right.all((1, 2)).sum()  # per output, whole sequences
-
-    chunks = jnp.arange(n).reshape(n // vb, vb)
     mean, worst, sequences = [], [], []
-    for a in range(data.val_inputs.shape[1]):
-        per_output, whole = jax.lax.map(functools.partial(counts, a), chunks)
-        per_output = per_output.sum(0) / (n * r.val_length)  # (O,) or (1,)
+    for per_output, whole in counts:
+        per_output = per_output / (n * r.val_length)  # (O,) or (1,)
         mean.append(per_output.mean())
         worst.append(per_output.min())
-        sequences.append(whole.sum() / n)
+        sequences.append(whole / n)
     columns = mean + sequences if cfg.symbols else mean + worst + sequences
     return jnp.stack(columns).astype(jnp.float32)
+
+
+def validation_accuracy(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.Array:
+    """(A,) `cfg.accuracy_names` of one net on its task's validation sets (`_accuracy_columns`),
+    `run.val_batch` sequences at a time."""
+    n = cfg.recipe.val_sequences
+    vb = math.gcd(n, cfg.run.val_batch)  # equal chunks, no padding
+    chunks = jnp.arange(n).reshape(n // vb, vb)
+    counts = []
+    for a in range(data.val_inputs.shape[1]):
+        per_output, whole = jax.lax.map(
+            functools.partial(_right_counts, cfg, data, flat, task, a), chunks)
+        counts.append((per_output.sum(0), whole.sum()))
+    return _accuracy_columns(cfg, counts)
+
+
+def screen_sequences(cfg: DatasetConfig) -> int:
+    """How many validation sequences the screen (`validation_bound`) runs: an eighth of
+    them, or 0 (no screen: DS4's metrics, or a set too small to split)."""
+    n = cfg.recipe.val_sequences
+    return n // 8 if cfg.images is None and n % 8 == 0 else 0
+
+
+def validation_bound(cfg: DatasetConfig, data: TrainData, flat, task) -> jax.Array:
+    """(A,) upper bounds of `validation_accuracy`, from its first `screen_sequences`
+    sequences alone: every step and sequence not run counts as right. Each column is the
+    same function of counts that can only be larger, computed by the same float32
+    operations, so a column below the threshold here is below it in `validation_accuracy`
+    too: a net the screen rejects cannot have converged, and the full validation is spent
+    only on nets that may have."""
+    r = cfg.recipe
+    s = screen_sequences(cfg)
+    unseen = r.val_sequences - s
+    counts = []
+    for a in range(data.val_inputs.shape[1]):
+        per_output, whole = _right_counts(cfg, data, flat, task, a, jnp.arange(s))
+        counts.append((per_output + unseen * r.val_length, whole + unseen))
+    return _accuracy_columns(cfg, counts)
 
 
 def _criterion_columns(cfg: DatasetConfig) -> list[int]:
     return [cfg.accuracy_names.index(name) for name in cfg.criterion_names]
 
 
-def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: NetState) -> NetState:
-    """One slot's whole step: take the new net `fresh` (from `init_net`) if it is one
-    (net_id >= 0), train `check_every` epochs, validate.
-
-    Validation decides the net's stop: converged when every column of
-    `cfg.criterion_names` reaches the threshold (the worst pin on every validation set;
-    DS3: symbol accuracy), capped at `max_epochs`. Nets join slots only between steps, so
-    every net is checked exactly at epochs check_every, 2*check_every, ... A net still running
-    `restart_epochs` after its (re)start starts again (`_restart`).
-    """
-    r = cfg.recipe
+def advance(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: NetState):
+    """One slot's training between two checks: take the new net `fresh` (from `init_net`)
+    if it is one (net_id >= 0) and train `check_every` epochs. Returns the state and
+    whether the net is due its check (it was and still is running)."""
     state = jax.tree.map(lambda f, s: jnp.where(fresh.net_id >= 0, f, s), fresh, state)
     was_running = state.status == RUNNING
     state = jax.lax.fori_loop(
-        0, r.check_every, lambda _, s: _train_epoch(cfg, data, s), state
+        0, cfg.recipe.check_every, lambda _, s: _train_epoch(cfg, data, s), state
     )
-    checked = was_running & (state.status == RUNNING)
-    acc = _evaluate(cfg, data, state)
+    return state, was_running & (state.status == RUNNING)
+
+
+def needs_validation(cfg: DatasetConfig, state: NetState, checked, bound) -> jax.Array:
+    """Whether a checked net gets the full validation: where its screen's bounds
+    (`validation_bound`) reach the threshold on every criterion, or where it reaches its
+    cap (a capped net's stored accuracies are the full validation's)."""
+    may_pass = jnp.all(bound[jnp.asarray(_criterion_columns(cfg))] >= cfg.recipe.threshold)
+    return checked & (may_pass | (state.epoch >= state.hyper["max_epochs"]))
+
+
+def validate(cfg: DatasetConfig, data: TrainData, state: NetState) -> jax.Array:
+    """(A,) `cfg.accuracy_names` of one net on its full validation sets (DS4: test split)."""
+    return _evaluate(cfg, data, state.params, state.task, state.task_params)
+
+
+def settle(cfg: DatasetConfig, state: NetState, checked, validated, acc) -> NetState:
+    """One slot's stop rule after its check: converged when every column of
+    `cfg.criterion_names` of its full validation `acc` reaches the threshold (the worst
+    pin on every validation set; DS3: symbol accuracy), capped at `max_epochs`. `validated`:
+    whether `acc` was computed (`needs_validation`); a net without it keeps running and its
+    last accuracies. Nets join slots only between steps, so every net is checked exactly
+    at epochs check_every, 2*check_every, ... A net still running `restart_epochs` after
+    its (re)start starts again (`_restart`)."""
+    r = cfg.recipe
     # Learned means every output right at the threshold on every validation set (DS2: clean
     # and triggered behaviour), not the mean over outputs.
-    learned = jnp.all(acc[jnp.asarray(_criterion_columns(cfg))] >= r.threshold)
+    learned = validated & jnp.all(acc[jnp.asarray(_criterion_columns(cfg))] >= r.threshold)
     status = jnp.where(checked & learned, CONVERGED, state.status)
     status = jnp.where((status == RUNNING) & (state.epoch >= state.hyper["max_epochs"]), CAPPED,
                        status)
-    val_acc = jnp.where(checked, acc, jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
+    val_acc = jnp.where(checked & validated, acc,
+                        jnp.where(state.status == DIVERGED, jnp.nan, state.val_accuracy))
     state = state.replace(status=status, val_accuracy=val_acc)
     # A net that has not learned within its window starts again (only where a recipe asks:
     # every step then draws a new init, ~free at run time but one more init to compile).
@@ -478,3 +535,11 @@ def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: Net
                & (state.epoch + patience <= state.hyper["max_epochs"]))
         state = _restart(cfg, state, due)
     return state
+
+
+def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: NetState) -> NetState:
+    """One net's whole step, validated in full at every check: `advance`, `validate`,
+    `settle`. The population (`mlds_jax.train.population`) screens first and validates in
+    full only the nets that may stop, with the same outcome."""
+    state, checked = advance(cfg, data, state, fresh)
+    return settle(cfg, state, checked, checked, validate(cfg, data, state))
