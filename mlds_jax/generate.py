@@ -18,7 +18,7 @@ import numpy as np
 
 from mlds_jax._version import __version__
 from mlds_jax.config.dataset import DatasetConfig
-from mlds_jax.config.sections import SWEEPABLE
+from mlds_jax.config.sections import SWEEPABLE, Recipe
 from mlds_jax.preflight import preflight, write_error
 from mlds_jax.signals import stop_signals
 from mlds_jax.store.checkpoint import Checkpoints, Saved
@@ -110,7 +110,18 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         overwrite=overwrite,
         tables=dataset_tables(cfg),
         per_net=per_net_declared(cfg),
+        # A recipe value added since a store was written stands there for its default,
+        # which is what the older version did: such a store is resumed, not refused.
+        absent={f"recipe.{name}": value for name, value in _recipe_defaults().items()},
+        absent_columns={name: value for name, value in _recipe_defaults().items()
+                        if name in SWEEPABLE},
     )
+
+
+def _recipe_defaults() -> dict:
+    """Every recipe value's default (those with a plain one)."""
+    return {f.name: f.default for f in dataclasses.fields(Recipe)
+            if f.default is not dataclasses.MISSING}
 
 
 def write_finished(store: DatasetStore, cfg: DatasetConfig, done: FinishedNets) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore, ZipStore
 
+from mlds_jax.store import upgrade
 from mlds_jax.store.disk import (
     abandoned_creating_dirs,
     _checked_arrays,
@@ -150,8 +151,15 @@ class DatasetStore:
                        n_accuracies: int, n_hyper: int, attrs: dict, chunk_rows: int = 64,
                        overwrite: bool = False,
                        tables: dict[str, np.ndarray] | None = None,
-                       per_net: dict[str, tuple] | None = None) -> "DatasetStore":
+                       per_net: dict[str, tuple] | None = None,
+                       absent: dict | None = None,
+                       absent_columns: dict[str, float] | None = None) -> "DatasetStore":
         """Open the store at ``path`` for writing, creating it with N = ``n_nets`` if absent.
+
+        ``absent``, ``absent_columns``: config keys (dotted) and ``hyperparameters`` columns
+        that a store written by an older version may lack, each with the value its absence
+        stands for: such a store is brought up to date (`mlds_jax.store.upgrade`) when that
+        is its only difference.
 
         ``tables``: fixed arrays that describe the whole dataset (DS3: the automata), written
         once at creation under ``tables/``; they derive from the config, which is compared.
@@ -187,19 +195,23 @@ class DatasetStore:
                 if not (path / "zarr.json").is_file():  # else another process created it
                     raise StoreError(f"cannot create store at {path}: {e.strerror or e}") from e
         store = cls.open(path, mode="r+")
-        store._check_same_run(attrs, n_params=n_params, n_log=n_log, n_accuracies=n_accuracies,
-                              n_hyper=n_hyper)
+        if store.attrs["dataset"] == attrs["dataset"] and upgrade.adopt_added_values(
+                store, attrs, absent or {}, absent_columns or {}):
+            store = cls.open(path, mode="r+")
+        store._check_same_run(attrs, absent or {}, n_params=n_params, n_log=n_log,
+                              n_accuracies=n_accuracies, n_hyper=n_hyper)
         store._ensure_row_checksums()
         store._extend(n_nets)
         return store
 
-    def _check_same_run(self, attrs: dict, **widths: int) -> None:
+    def _check_same_run(self, attrs: dict, absent: dict, **widths: int) -> None:
         where = f"store at {self.path}"
         fix = "use --overwrite to replace it or another --out"
         if self.attrs["dataset"] != attrs["dataset"]:
             raise ConfigMismatchError(f"{where} holds dataset {self.attrs['dataset']!r}, "
                                       f"this run makes {attrs['dataset']!r}; {fix}")
-        diff = _first_difference(self.attrs["config"], attrs["config"])
+        diff = _first_difference(self.attrs["config"],
+                                 upgrade.comparable(self.attrs["config"], attrs["config"], absent))
         if diff is not None:
             key, old, new = diff
             raise ConfigMismatchError(f"{where} was made with {key}={old}, this run has {new}; "

@@ -34,6 +34,7 @@ from mlds_jax.store.schema import (
     StoreError,
     TABLES,
     WEIGHT_ARRAYS,
+    WIDENING,
 )
 
 
@@ -180,7 +181,10 @@ def _checked_arrays(path: Path, group: zarr.Group, attrs: dict) -> dict[str, zar
     if arrays["val_accuracy"].shape[1] != len(attrs["accuracy_names"]):
         raise DamagedStoreError(f"{damaged}: val_accuracy has {arrays['val_accuracy'].shape[1]}"
                                 f" columns, accuracy_names {len(attrs['accuracy_names'])}")
-    if arrays["hyperparameters"].shape[1] != len(attrs["hyperparameter_names"]):
+    widths = {len(attrs["hyperparameter_names"])}
+    if WIDENING in attrs:  # a widening by mlds_jax.store.upgrade, not finished yet
+        widths.add(len(attrs[WIDENING]["hyperparameter_names"]))
+    if arrays["hyperparameters"].shape[1] not in widths:
         raise DamagedStoreError(f"{damaged}: hyperparameters has "
                                 f"{arrays['hyperparameters'].shape[1]} columns, "
                                 f"hyperparameter_names {len(attrs['hyperparameter_names'])}")

@@ -89,6 +89,9 @@ EXTRA_ENTRIES = {"checksums", "tables", "README.md", "figures", "leases", "check
                  "analysis", "per_net"}
 PER_NET = "per_net"  # group of a dataset's own per-net arrays (attrs["per_net"])
 TABLES = "tables"  # group of fixed per-dataset arrays written at creation (DS3: the automata)
+# attrs key of a widening of `hyperparameters` in progress (mlds_jax.store.upgrade).
+WIDENING = "widening_hyperparameters"
+
 REQUIRED_ATTRS = (
     "format_version", "dataset", "config", "task_names", "layout", "package_version",
     "accuracy_names", "criterion_names", "hyperparameter_names",
