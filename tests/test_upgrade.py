@@ -19,7 +19,7 @@ from mlds_jax.config.sections import SWEEPABLE
 from mlds_jax.store import upgrade
 from mlds_jax.store.schema import WIDENING
 
-ADDED = SWEEPABLE[-2:]  # the recipe values added last (round 9: extra_writes, candidate_self_weight)
+ADDED = SWEEPABLE[-2:]  # the recipe values added last (round 9)
 ARRAYS = ("weights", "initial_weights", "task", "status", "epochs", "loss_curve",
           "val_accuracy", "hyperparameters", "seq_steps")
 

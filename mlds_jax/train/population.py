@@ -184,8 +184,8 @@ class Population:
             state, checked = jax.vmap(functools.partial(advance, cfg), in_axes=(None, 0, 0))(
                 data, state, fresh)
             if screen and screen_sequences(cfg):
-                bound = jax.vmap(validation_bound, in_axes=(None, None, 0, 0))(
-                    cfg, data, state.params, state.task)
+                bound = jax.vmap(functools.partial(validation_bound, cfg), in_axes=(None, 0, 0))(
+                    data, state.params, state.task)
                 need = jax.vmap(functools.partial(needs_validation, cfg))(state, checked, bound)
             else:
                 need = checked

@@ -1,9 +1,9 @@
 """The math of one net's training: its state, its initialisation, one epoch, validation and
 the stop rule. Everything here is written for ONE net (`NetState` holds one net's params,
 Adam state, counters and flags; `advance` trains it `check_every` epochs, `validation_bound`
-screens it, `validate` runs its full validation, `settle` applies the stop rule;
-`train_chunk` is the four in a row); `mlds_jax.train.population` adds the slot axis with
-`vmap`, chooses which slots the full validation runs on, and compiles it.
+screens it, `validate` runs its full validation, `settle` applies the stop rule);
+`mlds_jax.train.population` adds the slot axis with `vmap`, chooses which slots the full
+validation runs on, and compiles it.
 
 Randomness of net n derives from `(seed, n)` alone: `fold_in(key(seed), n)` split by
 purpose into its init key and its data-order key; epoch e's minibatch order is
@@ -536,10 +536,3 @@ def settle(cfg: DatasetConfig, state: NetState, checked, validated, acc) -> NetS
         state = _restart(cfg, state, due)
     return state
 
-
-def train_chunk(cfg: DatasetConfig, data: TrainData, state: NetState, fresh: NetState) -> NetState:
-    """One net's whole step, validated in full at every check: `advance`, `validate`,
-    `settle`. The population (`mlds_jax.train.population`) screens first and validates in
-    full only the nets that may stop, with the same outcome."""
-    state, checked = advance(cfg, data, state, fresh)
-    return settle(cfg, state, checked, checked, validate(cfg, data, state))
