@@ -98,6 +98,7 @@ def dataset_tables(cfg: DatasetConfig) -> dict[str, np.ndarray]:
 
 
 def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool = False):
+    defaults = _recipe_defaults()
     return DatasetStore.open_or_create(
         out,
         n_nets=n_nets,
@@ -112,9 +113,8 @@ def open_store(cfg: DatasetConfig, out: str | Path, n_nets: int, overwrite: bool
         per_net=per_net_declared(cfg),
         # A recipe value added since a store was written stands there for its default,
         # which is what the older version did: such a store is resumed, not refused.
-        absent={f"recipe.{name}": value for name, value in _recipe_defaults().items()},
-        absent_columns={name: value for name, value in _recipe_defaults().items()
-                        if name in SWEEPABLE},
+        absent={f"recipe.{name}": value for name, value in defaults.items()},
+        absent_columns={name: value for name, value in defaults.items() if name in SWEEPABLE},
     )
 
 

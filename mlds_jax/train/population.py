@@ -6,10 +6,11 @@ wraps the step in `jit` (state donated). In the step every slot trains, then eve
 checked slot is screened on an eighth of its validation sequences (`step.validation_bound`)
 and only the slots the screen cannot rule out get the full validation (`validated_step`):
 validation was a quarter of a check interval's time, and almost every check of a run is
-of a net far from its threshold. The outcome is that of validating every net in full. The
-host loop in `Population.run` only decides
-which net id goes into which slot and hands finished nets back to the caller, so neither
-the slot, nor M, nor the neighbours, nor an interruption changes what net n sees.
+of a net far from its threshold. The outcome is that of validating every net in full.
+
+The host loop in `Population.run` only decides which net id goes into which slot and hands
+finished nets back to the caller, so neither the slot, nor M, nor the neighbours, nor an
+interruption changes what net n sees.
 """
 
 from __future__ import annotations

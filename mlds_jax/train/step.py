@@ -269,12 +269,12 @@ def _minibatch(cfg: DatasetConfig, data, state: NetState, epoch_data, idx):
     return inputs[idx], targets[idx]
 
 
-def _evaluate(cfg: DatasetConfig, data, params, task, task_params) -> jax.Array:
-    """(A,) `cfg.accuracy_names` of one net: `validation_accuracy` (sequences), or
-    vision.metrics on the test split (DS4)."""
+def validate(cfg: DatasetConfig, data, state: NetState) -> jax.Array:
+    """(A,) `cfg.accuracy_names` of one net on its full validation: `validation_accuracy`
+    (sequences), or vision.metrics on the test split (DS4)."""
     if cfg.images is not None:
-        return vision.metrics(cfg.network, data, params, task_params)
-    return validation_accuracy(cfg, data, params, task)
+        return vision.metrics(cfg.network, data, state.params, state.task_params)
+    return validation_accuracy(cfg, data, state.params, state.task)
 
 
 def _whole_net_kernel(cfg: DatasetConfig) -> bool:
@@ -500,11 +500,6 @@ def needs_validation(cfg: DatasetConfig, state: NetState, checked, bound) -> jax
     cap (a capped net's stored accuracies are the full validation's)."""
     may_pass = jnp.all(bound[jnp.asarray(_criterion_columns(cfg))] >= cfg.recipe.threshold)
     return checked & (may_pass | (state.epoch >= state.hyper["max_epochs"]))
-
-
-def validate(cfg: DatasetConfig, data: TrainData, state: NetState) -> jax.Array:
-    """(A,) `cfg.accuracy_names` of one net on its full validation sets (DS4: test split)."""
-    return _evaluate(cfg, data, state.params, state.task, state.task_params)
 
 
 def settle(cfg: DatasetConfig, state: NetState, checked, validated, acc) -> NetState:
